@@ -1,0 +1,24 @@
+"""Snapshot source `journal`: journald entries for the window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hostdiag.agent.sources.base import SnapshotContext, SourceConfig, SourceSkipped
+
+__all__ = ["JournalSource"]
+
+
+class JournalSource:
+    name = "journal"
+
+    @dataclass(frozen=True)
+    class Config(SourceConfig):
+        pass
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def collect(self, ctx: SnapshotContext) -> dict[str, Any]:
+        raise SourceSkipped("not implemented yet")
