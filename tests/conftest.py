@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "") -> object:
+def poll(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "") -> object:
     """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -27,3 +27,9 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, interval_
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(name="wait_for")
+def wait_for_fixture() -> Callable[..., object]:
+    """``wait_for(predicate, timeout_s=10, what="...")``: poll with a deadline (no fixed sleeps)."""
+    return poll
