@@ -1,0 +1,249 @@
+"""``hostdiag-agent``: the host-resident daemon.
+
+One uvloop event loop runs the flight recorder, the log tailer and the local
+API under one ``asyncio.TaskGroup``.  Blocking work (psutil, /proc, files)
+goes through a small thread pool.  SIGTERM/SIGINT stop it cleanly: tasks are
+cancelled, the tail checkpoint is saved and the socket removed, within 2 s.
+Under systemd it sends ``READY=1`` once serving and ``WATCHDOG=1`` only while
+the loop is responsive and the recorder keeps sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import glob
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import hostdiag
+from hostdiag.agent.api import ApiError, LocalApiServer
+from hostdiag.agent.config import AgentConfig, ConfigError, load_config
+from hostdiag.agent.logsetup import setup_logging
+from hostdiag.agent.recorder.recorder import FlightRecorder
+from hostdiag.agent.redact import load_redactor
+from hostdiag.agent.sdnotify import Notifier
+from hostdiag.agent.snapshot import SnapshotRequest, take_snapshot
+
+__all__ = ["Agent", "main", "validate_collect_request"]
+
+log = logging.getLogger("hostdiag.agent")
+
+MAX_INCIDENT_ID_LEN = 128
+
+
+def validate_collect_request(config: AgentConfig, request: dict[str, Any], trigger: str) -> SnapshotRequest:
+    """Turn a collect request into a :class:`SnapshotRequest`, or raise :class:`ApiError`."""
+    profile = request.get("profile") or "default"
+    if not isinstance(profile, str) or profile not in config.profiles:
+        known = ", ".join(sorted(config.profiles))
+        raise ApiError(f"unknown profile {profile!r} (this agent defines: {known})")
+    window = request.get("window_s")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+            raise ApiError(f"window_s must be a positive number of seconds, got {window!r}")
+        if window > config.recorder.window_s:
+            raise ApiError(f"window_s {window:g} exceeds the recorder window ({config.recorder.window_s:g} s)")
+    incident = request.get("incident_id")
+    if incident is not None and (not isinstance(incident, str) or not 0 < len(incident) <= MAX_INCIDENT_ID_LEN):
+        raise ApiError(f"incident_id must be a string of 1 to {MAX_INCIDENT_ID_LEN} characters")
+    return SnapshotRequest(
+        profile=profile,
+        window_s=float(window) if window is not None else None,
+        trigger=trigger,
+        incident_id=incident,
+    )
+
+
+def prune_bundles(bundle_dir: str, keep: int) -> list[str]:
+    """Delete the oldest local bundles beyond ``keep``; returns what was deleted."""
+    paths = sorted(glob.glob(os.path.join(glob.escape(bundle_dir), "*.tar.zst")), key=os.path.getmtime)
+    removed = []
+    for path in paths[: max(0, len(paths) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, probe: Any = None, notifier: Notifier | None = None) -> None:
+        from hostdiag.agent.probe import SystemProbe
+        from hostdiag.agent.recorder.sampler import MetricsSampler, TopSampler
+        from hostdiag.agent.tail import TailManager
+
+        self.config = config
+        self.redactor = load_redactor(config.redaction.rules_file, config.redaction.disable)
+        self.probe = probe if probe is not None else SystemProbe()
+        self.notifier = notifier or Notifier()
+        self.executor = concurrent.futures.ThreadPoolExecutor(config.agent.threads, thread_name_prefix="hostdiag-io")
+        os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
+        rec = config.recorder
+        self.tail = TailManager(
+            config.logs,
+            checkpoint_path=os.path.join(config.data_dir, "tail-checkpoint.json"),
+            redactor=self.redactor,
+            ring_bytes=rec.log_ring_bytes,
+            max_line_bytes=rec.max_line_bytes,
+            poll_interval_s=rec.poll_interval_s,
+            window_s=rec.window_s,
+            journal=config.journal,
+        )
+        self.recorder = FlightRecorder(
+            rec,
+            MetricsSampler(self.probe, proc_root=config.agent.proc_root),
+            TopSampler(self.probe),
+            self.tail,
+        )
+        self.api = LocalApiServer(
+            config.socket_path, status=self.status, collect=self.collect, group=config.agent.socket_group
+        )
+        self.started_at = time.time()
+        self.last_bundle: dict[str, Any] | None = None
+        self.bundles_written = 0
+        self.bundle_failures = 0
+        self.max_loop_lag_s = 0.0
+
+    # -- local API -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "agent_version": hostdiag.__version__,
+            "pid": os.getpid(),
+            "host_id": self.config.host_id,
+            "labels": dict(self.config.agent.labels),
+            "config_file": self.config.file,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "profiles": sorted(self.config.profiles),
+            "recorder": self.recorder.status(),
+            "logs": self.tail.status(),
+            "redaction_hits": dict(self.tail.redaction_counts),
+            "bundles_written": self.bundles_written,
+            "bundle_failures": self.bundle_failures,
+            "last_bundle": self.last_bundle,
+            "max_loop_lag_ms": round(self.max_loop_lag_s * 1000, 2),
+            "bundle_dir": self.config.bundle_dir,
+        }
+
+    async def collect(self, request: dict[str, Any], send: Any) -> dict[str, Any]:
+        snap = validate_collect_request(self.config, request, trigger="agentctl")
+        try:
+            info = await take_snapshot(
+                self.config,
+                snap,
+                out_dir=self.config.bundle_dir,
+                probe=self.probe,
+                redactor=self.redactor,
+                recorder=self.recorder,
+                executor=self.executor,
+                progress=send,
+            )
+        except Exception:
+            self.bundle_failures += 1
+            raise
+        self.bundles_written += 1
+        self.last_bundle = {
+            "path": info.path,
+            "bundle_id": info.bundle_id,
+            "size_bytes": info.size_bytes,
+            "sha256": info.sha256,
+            "at": time.time(),
+        }
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, prune_bundles, self.config.bundle_dir, self.config.bundle.keep
+        )
+        return dict(self.last_bundle)
+
+    # -- life cycle -------------------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        """Measure event-loop lag and feed systemd's watchdog while healthy."""
+        loop = asyncio.get_running_loop()
+        period = 0.1
+        ping_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
+        last_ping = 0.0
+        stale_after = max(10.0, 5 * self.config.recorder.interval_s)
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            lag = loop.time() - before - period
+            self.max_loop_lag_s = max(self.max_loop_lag_s, lag)
+            if ping_every and loop.time() - last_ping >= ping_every:
+                latest = self.recorder.metrics.latest()
+                fresh = latest is None and time.time() - self.started_at < stale_after
+                if latest is not None:
+                    fresh = time.time() - float(latest.get("ts", 0)) < stale_after
+                if fresh and lag < ping_every:
+                    self.notifier.watchdog()
+                    last_ping = loop.time()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.api.start()
+        log.info(
+            "agent started",
+            extra={"event": "agent_started", "host_id": self.config.host_id, "socket": self.config.socket_path},
+        )
+        self.notifier.ready(f"recording; socket {self.config.socket_path}")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.recorder.run(self.executor), name="recorder"),
+                    tg.create_task(self.tail.run(self.executor), name="tail"),
+                    tg.create_task(self._watch_loop(), name="watch"),
+                ]
+                await stop.wait()
+                self.notifier.stopping()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await self.api.close()
+            with contextlib.suppress(Exception):
+                self.tail.save_checkpoint()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            log.info("agent stopped", extra={"event": "agent_stopped"})
+
+
+async def _amain(config: AgentConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config)
+    await agent.run(stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hostdiag-agent", description="hostdiag host agent (flight recorder)")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in defaults)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--version", action="version", version=f"hostdiag-agent {hostdiag.__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.check_config:
+            load_redactor(config.redaction.rules_file, config.redaction.disable)
+            print(f"{config.file}: ok")
+            return 0
+    except ConfigError as exc:
+        print(f"hostdiag-agent: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.agent.log_level)
+    try:
+        import uvloop
+
+        return uvloop.run(_amain(config))
+    except ConfigError as exc:
+        print(f"hostdiag-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hostdiag-agent: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
