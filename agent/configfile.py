@@ -18,6 +18,7 @@ line for the generated key reference).
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import re
 import tomllib
@@ -84,7 +85,7 @@ def _type_name(tp: Any) -> str:
         return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
     if origin in (list, tuple):
         return f"array of {_type_name(get_args(tp)[0])}"
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         return f"table of {_type_name(get_args(tp)[1])}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
@@ -113,7 +114,7 @@ def _convert(tp: Any, value: Any, file: str, key: str, meta: dict[str, Any]) -> 
         item_tp = get_args(tp)[0]
         items = [_convert(item_tp, v, file, f"{key}[{i}]", {}) for i, v in enumerate(value)]
         return tuple(items)
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise ConfigError(file, key, f"expected {_type_name(tp)}, got {_describe(value)}")
         val_tp = get_args(tp)[1]
