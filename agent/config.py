@@ -7,6 +7,7 @@ checks each error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket as _socket
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ __all__ = [
     "BundleSection",
     "ProfileSection",
     "RedactionSection",
+    "CollectorSection",
+    "SpoolSection",
     "ConfigError",
     "load_config",
     "default_data_dir",
@@ -142,6 +145,78 @@ class RedactionSection:
     disable: tuple[str, ...] = field(default=(), metadata={"doc": "built-in rule names to turn off"})
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); raises ``ValueError`` with the reason."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, as [::1]:port, got {address!r}")
+    port = int(port_text)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"expected host:port with a port from 1 to 65535, got {address!r}")
+    return host, port
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class CollectorSection:
+    """Where bundles go.  Documented in ``docs/spool-and-upload.md``."""
+
+    address: str = field(default="", metadata={"doc": "collector host:port; empty: no collector, work offline"})
+    insecure: bool = field(default=False, metadata={"doc": "plaintext gRPC; only with a loopback address"})
+    connect_timeout_s: float = field(default=10.0, metadata={"min": 0.1, "max": 300, "doc": "wait for Welcome"})
+    backoff_initial_s: float = field(default=1.0, metadata={"min": 0.001, "max": 600, "doc": "first retry cap"})
+    backoff_max_s: float = field(default=60.0, metadata={"min": 0.001, "max": 3600, "doc": "largest retry cap"})
+    chunk_bytes: int = field(
+        default=256 * 1024, metadata={"size": True, "min": 1024, "max": 1 * MiB, "doc": "upload chunk size"}
+    )
+    heartbeat_interval_s: float = field(default=20.0, metadata={"min": 0.05, "max": 30, "doc": "control heartbeats"})
+
+    def validate(self) -> None:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(("backoff_max_s", "must not be smaller than backoff_initial_s"))
+        if not self.address:
+            return
+        try:
+            host, _ = split_host_port(self.address)
+        except ValueError as exc:
+            raise ValueError(("address", str(exc))) from None
+        if self.insecure and not is_loopback_host(host):
+            raise ValueError(
+                ("insecure", f"plaintext is allowed only to a loopback address, not {self.address!r}")
+            )
+        if not self.insecure:
+            # mTLS is not built yet: refuse at load time rather than run an uploader that can never connect.
+            raise ValueError(
+                ("insecure", "TLS to the collector is not supported yet; set insecure = true with a loopback "
+                 "address, or leave address empty to work offline")
+            )
+
+
+@dataclass(frozen=True)
+class SpoolSection:
+    """The on-disk upload queue under ``<data_dir>/spool``."""
+
+    max_bytes: int = field(default=1024 * MiB, metadata={"size": True, "min": 1 * MiB, "max": 1024 * 1024 * MiB})
+    max_items: int = field(default=200, metadata={"min": 1, "max": 100_000})
+    quarantine_max_bytes: int = field(
+        default=256 * MiB, metadata={"size": True, "min": 0, "max": 1024 * 1024 * MiB, "doc": "0: keep none"}
+    )
+    quarantine_max_items: int = field(default=20, metadata={"min": 0, "max": 10_000, "doc": "0: keep none"})
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
@@ -153,6 +228,8 @@ class AgentConfig:
         default_factory=lambda: MappingProxyType({DEFAULT_PROFILE: ProfileSection()})
     )
     redaction: RedactionSection = field(default_factory=RedactionSection)
+    collector: CollectorSection = field(default_factory=CollectorSection)
+    spool: SpoolSection = field(default_factory=SpoolSection)
     sources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     file: str = "<defaults>"
 
@@ -172,6 +249,10 @@ class AgentConfig:
     @property
     def bundle_dir(self) -> str:
         return self.bundle.output_dir or os.path.join(self.data_dir, "bundles")
+
+    @property
+    def spool_dir(self) -> str:
+        return os.path.join(self.data_dir, "spool")
 
     def source_config(self, name: str) -> Any:
         """The ``[sources.<name>]`` config, or that source's defaults."""
@@ -199,7 +280,7 @@ def load_config(path: str | None) -> AgentConfig:
 def parse_config(data: dict[str, Any], file: str) -> AgentConfig:
     from hostdiag.agent.sources import REGISTRY
 
-    known = {"agent", "recorder", "logs", "journal", "bundle", "profiles", "redaction", "sources"}
+    known = {"agent", "recorder", "logs", "journal", "bundle", "profiles", "redaction", "sources", "collector", "spool"}
     for key in data:
         if key not in known:
             raise ConfigError(file, key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -210,6 +291,8 @@ def parse_config(data: dict[str, Any], file: str) -> AgentConfig:
         "journal": JournalSection,
         "bundle": BundleSection,
         "redaction": RedactionSection,
+        "collector": CollectorSection,
+        "spool": SpoolSection,
     }
     updates: dict[str, Any] = {}
     for key, cls in simple.items():
