@@ -1,0 +1,193 @@
+"""The collector's configuration: frozen dataclasses with their defaults and checks.
+
+An absent file and an empty file both give exactly the defaults.  Every key is
+described in ``docs/collector.md``; ``tests/unit/collector/test_config.py``
+checks each error.  Loading goes through the same strict loader as the agent
+(:mod:`hostdiag.agent.configfile`): an unknown key, a wrong type or an
+impossible value is a :class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hostdiag.agent.configfile import ConfigError, load_dataclass, read_toml
+
+__all__ = [
+    "CollectorConfig",
+    "CollectorSection",
+    "ConfigError",
+    "load_config",
+    "parse_config",
+    "split_host_port",
+    "is_loopback_host",
+    "MAX_CHUNK_BYTES",
+    "KiB",
+    "MiB",
+]
+
+KiB = 1024
+MiB = 1024 * 1024
+# The wire contract's hard limit for one UploadRequest.data.
+MAX_CHUNK_BYTES = 1 * MiB
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:7443"`` / ``"[::1]:0"`` / ``"localhost:7443"`` → (host, port).
+
+    Raises ``ValueError`` with a readable message.
+    """
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or not value[end + 1 :].startswith(":"):
+            raise ValueError(f"expected [ADDRESS]:PORT, got {value!r}")
+        host, port_text = value[1:end], value[end + 2 :]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        if ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:7443, got {value!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class CollectorSection:
+    listen: str = field(default="127.0.0.1:7443", metadata={"nonempty": True, "doc": "gRPC address (port 0: any)"})
+    http_listen: str = field(
+        default="127.0.0.1:7480", metadata={"nonempty": True, "doc": "HTTP address: bundles, /metrics, /healthz"}
+    )
+    data_dir: str = field(default="./hostdiag-data", metadata={"nonempty": True, "doc": "SQLite, blobs, uploads"})
+    insecure: bool = field(default=True, metadata={"doc": "plaintext gRPC; allowed on loopback only"})
+    log_level: str = field(
+        default="info", metadata={"choices": ("debug", "info", "warning", "error"), "doc": "log level"}
+    )
+    request_ttl_s: float = field(
+        default=1800.0, metadata={"min": 10, "max": 7 * 86400, "doc": "how long a snapshot request waits for an agent"}
+    )
+    default_window_s: float = field(
+        default=300.0, metadata={"min": 1, "max": 86400, "doc": "window when an incident names none"}
+    )
+    heartbeat_interval_s: float = field(
+        default=15.0, metadata={"min": 1, "max": 30, "doc": "control stream heartbeat period"}
+    )
+    heartbeat_timeout_s: float = field(
+        default=0.0,
+        metadata={"min": 0, "max": 600, "doc": "drop a silent agent after this; 0: 3 heartbeat intervals"},
+    )
+    command_queue_length: int = field(
+        default=64, metadata={"min": 1, "max": 10000, "doc": "snapshot commands queued per connected agent"}
+    )
+    expiry_check_interval_s: float = field(
+        default=5.0, metadata={"min": 0.05, "max": 600, "doc": "how often expired requests are marked"}
+    )
+    max_bundle_bytes: int = field(
+        default=256 * MiB, metadata={"size": True, "min": 64 * KiB, "max": 16384 * MiB, "doc": "largest bundle"}
+    )
+    max_chunk_bytes: int = field(
+        default=MAX_CHUNK_BYTES,
+        metadata={"size": True, "min": 4 * KiB, "max": MAX_CHUNK_BYTES, "doc": "largest upload chunk"},
+    )
+    max_message_bytes: int = field(
+        default=MAX_CHUNK_BYTES + 64 * KiB,
+        metadata={"size": True, "min": 64 * KiB, "max": 64 * MiB, "doc": "gRPC receive cap per message"},
+    )
+    max_concurrent_uploads: int = field(
+        default=16, metadata={"min": 1, "max": 4096, "doc": "Upload streams served at once"}
+    )
+    upload_idle_timeout_s: float = field(
+        default=60.0, metadata={"min": 0.1, "max": 3600, "doc": "an Upload stream silent this long is ended"}
+    )
+    upload_retention_s: float = field(
+        default=86400.0,
+        metadata={"min": 60, "max": 30 * 86400, "doc": "abandoned partial uploads are deleted after this"},
+    )
+    max_manifest_bytes: int = field(
+        default=4 * MiB, metadata={"size": True, "min": 4 * KiB, "max": 256 * MiB, "doc": "manifest.json cap"}
+    )
+    max_evidence_bytes: int = field(
+        default=16 * MiB, metadata={"size": True, "min": 4 * KiB, "max": 256 * MiB, "doc": "evidence.json cap"}
+    )
+    shutdown_grace_s: float = field(
+        default=5.0, metadata={"min": 0, "max": 300, "doc": "time given to open streams on stop"}
+    )
+    http_header_bytes: int = field(
+        default=8 * KiB, metadata={"size": True, "min": 1 * KiB, "max": 1 * MiB, "doc": "HTTP request head cap"}
+    )
+    http_timeout_s: float = field(
+        default=30.0, metadata={"min": 0.1, "max": 3600, "doc": "HTTP read/idle/write-stall timeout"}
+    )
+    http_max_connections: int = field(
+        default=256, metadata={"min": 1, "max": 65536, "doc": "HTTP connections served at once"}
+    )
+
+    def validate(self) -> None:
+        for key in ("listen", "http_listen"):
+            try:
+                host, _port = split_host_port(getattr(self, key))
+            except ValueError as exc:
+                raise ValueError((key, str(exc))) from None
+            if key == "http_listen" and not is_loopback_host(host):
+                # Bundles are served without authentication until API tokens land.
+                raise ValueError((key, f"must be a loopback address until HTTP authentication exists, got {host!r}"))
+            if key == "listen" and self.insecure and not is_loopback_host(host):
+                raise ValueError(
+                    (key, f"plaintext gRPC (insecure = true) is only allowed on a loopback address, got {host!r}; "
+                          "mTLS is not available yet")
+                )
+        if not self.insecure:
+            raise ValueError(("insecure", "mTLS is not implemented yet: only insecure = true on loopback is supported"))
+        if self.max_message_bytes < self.max_chunk_bytes + 4 * KiB:
+            raise ValueError(("max_message_bytes", "must exceed max_chunk_bytes by at least 4 KiB (message framing)"))
+        if self.max_chunk_bytes > self.max_bundle_bytes:
+            raise ValueError(("max_chunk_bytes", "must not exceed max_bundle_bytes"))
+        if self.heartbeat_timeout_s and self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(("heartbeat_timeout_s", "must be longer than heartbeat_interval_s"))
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    collector: CollectorSection = field(default_factory=CollectorSection)
+    file: str = "<defaults>"
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.abspath(self.collector.data_dir)
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        c = self.collector
+        return c.heartbeat_timeout_s or 3 * c.heartbeat_interval_s
+
+
+def load_config(path: str | None) -> CollectorConfig:
+    """Load ``path`` (None: built-in defaults).  Raises :class:`ConfigError`."""
+    if path is None:
+        return CollectorConfig()
+    return parse_config(read_toml(path), str(path))
+
+
+def parse_config(data: dict[str, Any], file: str) -> CollectorConfig:
+    known = {"collector"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(file, key, f"unknown section (known: {', '.join(sorted(known))})")
+    section = CollectorSection()
+    if "collector" in data:
+        section = load_dataclass(CollectorSection, data["collector"], file, "collector")
+    return CollectorConfig(collector=section, file=file)

@@ -1,0 +1,521 @@
+"""Incidents, their per-host snapshot requests, and the timeline of every change.
+
+Life of an incident: ``open → acknowledged → resolved`` (``open → resolved``
+is allowed too).  Opening one records one snapshot request per selected host:
+
+- hosts named in the selector's ``host_ids``, even if never seen, and
+- known agents (connected or not) whose labels carry every selector label.
+
+Each request is pushed at once to a connected agent and delivered to an agent
+that connects later, until ``expires_at`` (opened + ``request_ttl_s``).  A new
+agent whose labels match an unresolved incident's selector and that connects
+within that TTL gets a request too.
+
+A request moves ``requested → acknowledged → uploading → attached``; it can
+end ``failed`` (the agent refused or failed, with its reason, or it does not
+define the profile) or ``expired`` (no bundle by ``expires_at``; marked by
+:meth:`IncidentManager.expire_due`, which a periodic task calls with the
+injected clock).  A bundle that arrives late still attaches.
+
+Every change is appended to the incident's timeline in the same transaction.
+All request and incident changes go through one lock, so concurrent agent
+messages and API calls never overwrite each other's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
+
+from hostdiag.collector.errors import CollectorError
+from hostdiag.collector.fleet import AgentSession, Command, Fleet, labels_match
+from hostdiag.collector.store.base import (
+    BundleRecord,
+    HostRequestRecord,
+    IncidentRecord,
+    IncidentStates,
+    MetadataStore,
+    RequestStates,
+    TimelineEventRecord,
+)
+
+__all__ = [
+    "IncidentManager",
+    "IncidentView",
+    "new_incident_id",
+    "selector_matches",
+    "DEFAULT_PROFILE",
+    "MAX_TITLE_CHARS",
+    "MAX_MESSAGE_CHARS",
+]
+
+log = logging.getLogger("hostdiag.collector.incidents")
+
+DEFAULT_PROFILE = "default"
+MAX_TITLE_CHARS = 200
+MAX_SERVICE_CHARS = 128
+MAX_MESSAGE_CHARS = 4096
+MAX_REASON_CHARS = 1024
+MAX_SELECTOR_LABELS = 32
+MAX_SELECTOR_HOSTS = 10000
+MAX_WINDOW_S = 86400.0
+MAX_LIST_LIMIT = 1000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+_INCIDENT_ID = re.compile(r"inc-[a-z2-7]{8}")
+
+
+def new_incident_id() -> str:
+    """``inc-`` and 8 lowercase base32 characters (40 random bits): short and readable."""
+    return "inc-" + base64.b32encode(secrets.token_bytes(5)).decode().lower()
+
+
+def _new_request_id() -> str:
+    return "req-" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+def valid_host_id(value: str) -> bool:
+    return isinstance(value, str) and _HOST_ID.fullmatch(value) is not None
+
+
+def selector_matches(
+    selector_labels: Mapping[str, str], selector_host_ids: Sequence[str], host_id: str, labels: Mapping[str, str]
+) -> bool:
+    """A host is selected when it is named, or when it carries every selector label."""
+    return host_id in selector_host_ids or labels_match(selector_labels, labels)
+
+
+@dataclass(frozen=True)
+class IncidentView:
+    """An incident with its host requests, timeline and bundle ids."""
+
+    incident: IncidentRecord
+    requests: list[HostRequestRecord]
+    events: list[TimelineEventRecord]
+    bundle_ids: list[str]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class IncidentManager:
+    def __init__(
+        self,
+        store: MetadataStore,
+        fleet: Fleet,
+        *,
+        request_ttl_s: float = 1800.0,
+        default_window_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.request_ttl_s = request_ttl_s
+        self.default_window_s = default_window_s
+        self.clock = clock
+        self._lock = asyncio.Lock()
+        # Last progress stage recorded per request: repeated stages are not re-recorded.
+        self._last_stage: dict[str, str] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- reading ------------------------------------------------------------------------
+    async def get(self, incident_id: str) -> IncidentView:
+        if not isinstance(incident_id, str) or not incident_id:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "id: an incident id is required")
+        inc = await self.store.get_incident(incident_id)
+        if inc is None:
+            raise CollectorError(grpc.StatusCode.NOT_FOUND, f"no incident with id {incident_id!r}")
+        return await self._view(inc)
+
+    async def _view(self, inc: IncidentRecord) -> IncidentView:
+        return IncidentView(
+            incident=inc,
+            requests=await self.store.list_requests(inc.id),
+            events=await self.store.list_events(inc.id),
+            bundle_ids=await self.store.bundle_ids_for_incident(inc.id),
+        )
+
+    async def list(self, state: str | None = None, limit: int = 100) -> list[IncidentView]:
+        if limit < 0:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "limit: must not be negative")
+        limit = min(limit or 100, MAX_LIST_LIMIT)
+        return [await self._view(inc) for inc in await self.store.list_incidents(state, limit)]
+
+    # -- opening ------------------------------------------------------------------------
+    async def open(
+        self,
+        *,
+        title: str,
+        severity: int,
+        service: str = "",
+        selector_labels: Mapping[str, str] | None = None,
+        selector_host_ids: Sequence[str] = (),
+        window_s: float = 0.0,
+        profile: str = "",
+        actor: str = "",
+    ) -> IncidentView:
+        labels = dict(selector_labels or {})
+        host_ids = list(dict.fromkeys(selector_host_ids))
+        title = title.strip()
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if not title:
+            raise CollectorError(bad, "title: must not be empty")
+        if len(title) > MAX_TITLE_CHARS:
+            raise CollectorError(bad, f"title: at most {MAX_TITLE_CHARS} characters")
+        if severity not in (1, 2, 3, 4):
+            raise CollectorError(bad, "severity: must be one of SEVERITY_P1 to SEVERITY_P4")
+        if len(service) > MAX_SERVICE_CHARS:
+            raise CollectorError(bad, f"service: at most {MAX_SERVICE_CHARS} characters")
+        if not labels and not host_ids:
+            raise CollectorError(bad, "selector: name at least one label or host id")
+        if len(labels) > MAX_SELECTOR_LABELS:
+            raise CollectorError(bad, f"selector.labels: at most {MAX_SELECTOR_LABELS} labels")
+        for k, v in labels.items():
+            if not k or len(k) > 63 or len(v) > 253:
+                raise CollectorError(bad, f"selector.labels: bad label {k!r} (names 1-63, values up to 253 chars)")
+        if len(host_ids) > MAX_SELECTOR_HOSTS:
+            raise CollectorError(bad, f"selector.host_ids: at most {MAX_SELECTOR_HOSTS} hosts")
+        for h in host_ids:
+            if not valid_host_id(h):
+                raise CollectorError(bad, f"selector.host_ids: not a valid host id: {h!r}")
+        if window_s == 0:
+            window_s = self.default_window_s
+        if not math.isfinite(window_s) or window_s <= 0 or window_s > MAX_WINDOW_S:
+            raise CollectorError(bad, f"window_seconds: must be between 0 and {MAX_WINDOW_S:g}, got {window_s!r}")
+        profile = profile or DEFAULT_PROFILE
+        if not _NAME.fullmatch(profile):
+            raise CollectorError(bad, f"profile: not a valid profile name: {profile!r}")
+
+        async with self._lock:
+            now = self.now_ms()
+            incident_id = new_incident_id()
+            while await self.store.get_incident(incident_id) is not None:
+                incident_id = new_incident_id()
+            inc = IncidentRecord(
+                id=incident_id,
+                title=title,
+                severity=severity,
+                service=service,
+                state=IncidentStates.OPEN,
+                selector_labels=labels,
+                selector_host_ids=tuple(host_ids),
+                window_s=float(window_s),
+                profile=profile,
+                opened_at_ms=now,
+                opened_by=actor,
+            )
+            selected = list(host_ids)
+            if labels:
+                for agent in await self.store.list_agents():
+                    if agent.host_id not in selected and labels_match(labels, agent.labels):
+                        selected.append(agent.host_id)
+            expires = now + int(self.request_ttl_s * 1000)
+            requests = [
+                HostRequestRecord(
+                    request_id=_new_request_id(),
+                    incident_id=incident_id,
+                    host_id=h,
+                    state=RequestStates.REQUESTED,
+                    created_at_ms=now,
+                    updated_at_ms=now,
+                    expires_at_ms=expires,
+                )
+                for h in sorted(selected)
+            ]
+            events = [
+                TimelineEventRecord(
+                    incident_id,
+                    now,
+                    "opened",
+                    f"P{severity} {title!r} opened; {len(requests)} host(s) selected",
+                    actor=actor,
+                )
+            ]
+            await self.store.create_incident(inc, requests, events)
+            log.info(
+                "incident opened",
+                extra={"event": "incident_opened", "incident_id": incident_id, "hosts": len(requests)},
+            )
+            await self._deliver(inc, requests)
+        return await self._view(inc)
+
+    # -- delivering ---------------------------------------------------------------------
+    async def _deliver(self, inc: IncidentRecord, requests: Sequence[HostRequestRecord]) -> None:
+        """Queue commands for connected agents; fail at once what an agent cannot do.
+
+        Called with the lock held.
+        """
+        failed: list[HostRequestRecord] = []
+        events: list[TimelineEventRecord] = []
+        now = self.now_ms()
+        for req in requests:
+            session = self.fleet.get(req.host_id)
+            if session is None or req.state != RequestStates.REQUESTED or now >= req.expires_at_ms:
+                continue
+            if session.profiles and inc.profile not in session.profiles:
+                reason = (
+                    f"unknown profile {inc.profile!r} (this agent defines: {', '.join(sorted(session.profiles))})"
+                )
+                failed.append(replace(req, state=RequestStates.FAILED, reason=reason, updated_at_ms=now))
+                events.append(TimelineEventRecord(inc.id, now, "failed", reason, host_id=req.host_id))
+                continue
+            window = inc.window_s
+            if session.max_window_s > 0 and window > session.max_window_s:
+                window = session.max_window_s
+            session.enqueue(Command(req.request_id, inc.id, inc.profile, window))
+        if failed:
+            await self.store.update_requests(failed, events)
+
+    async def on_agent_connected(self, session: AgentSession) -> None:
+        """Deliver this host's waiting requests and add it to matching incidents."""
+        async with self._lock:
+            now = self.now_ms()
+            waiting = [
+                r for r in await self.store.requests_for_host(session.host_id, [RequestStates.REQUESTED])
+                if r.expires_at_ms > now
+            ]
+            by_incident: dict[str, list[HostRequestRecord]] = {}
+            for r in waiting:
+                by_incident.setdefault(r.incident_id, []).append(r)
+            unresolved = {i.id: i for i in await self.store.unresolved_incidents()}
+            for incident_id, reqs in by_incident.items():
+                if incident_id in unresolved:
+                    await self._deliver(unresolved[incident_id], reqs)
+            have = {r.incident_id for r in await self.store.requests_for_host(session.host_id, RequestStates.ALL)}
+            for inc in unresolved.values():
+                expires = inc.opened_at_ms + int(self.request_ttl_s * 1000)
+                if inc.id in have or now >= expires:
+                    continue
+                if not labels_match(inc.selector_labels, session.labels):
+                    continue
+                req = HostRequestRecord(
+                    request_id=_new_request_id(),
+                    incident_id=inc.id,
+                    host_id=session.host_id,
+                    state=RequestStates.REQUESTED,
+                    created_at_ms=now,
+                    updated_at_ms=now,
+                    expires_at_ms=expires,
+                )
+                event = TimelineEventRecord(
+                    inc.id, now, "host_added", "agent connected and matches the selector", host_id=session.host_id
+                )
+                await self.store.add_requests([req], [event])
+                await self._deliver(inc, [req])
+
+    async def on_command_sent(self, host_id: str, command: Command) -> None:
+        """Record that the command went out on the agent's stream."""
+        async with self._lock:
+            req = await self.store.get_request(command.request_id)
+            if req is None:
+                return
+            now = self.now_ms()
+            window_note = f", window {command.window_s:g} s" if command.window_s else ""
+            event = TimelineEventRecord(
+                req.incident_id, now, "request_sent",
+                f"snapshot request sent (profile {command.profile!r}{window_note})", host_id=host_id,
+            )
+            await self.store.update_requests([replace(req, sent_at_ms=now, updated_at_ms=now)], [event])
+
+    # -- agent messages -----------------------------------------------------------------
+    async def _agent_request(self, host_id: str, request_id: str) -> HostRequestRecord | None:
+        req = await self.store.get_request(request_id)
+        if req is None or req.host_id != host_id:
+            log.warning(
+                "agent message for an unknown request",
+                extra={"event": "unknown_request", "host_id": host_id, "request_id": request_id[:64]},
+            )
+            return None
+        return req
+
+    async def on_ack(self, host_id: str, request_id: str, accepted: bool, reason: str) -> None:
+        async with self._lock:
+            req = await self._agent_request(host_id, request_id)
+            if req is None or req.state != RequestStates.REQUESTED:
+                return
+            now = self.now_ms()
+            if accepted:
+                new = replace(req, state=RequestStates.ACKNOWLEDGED, updated_at_ms=now)
+                event = TimelineEventRecord(req.incident_id, now, "acknowledged", "agent accepted", host_id=host_id)
+            else:
+                why = _truncate(reason or "refused by the agent", MAX_REASON_CHARS)
+                new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
+                event = TimelineEventRecord(req.incident_id, now, "failed", f"agent refused: {why}", host_id=host_id)
+            await self.store.update_requests([new], [event])
+
+    async def on_progress(self, host_id: str, request_id: str, stage: str, bundle_id: str, detail: str) -> None:
+        async with self._lock:
+            req = await self._agent_request(host_id, request_id)
+            if req is None or req.state in RequestStates.FINAL:
+                return
+            stage = _truncate(stage or "progress", 64)
+            if self._last_stage.get(request_id) == stage:
+                return
+            self._last_stage[request_id] = stage
+            now = self.now_ms()
+            new = replace(req, updated_at_ms=now)
+            if req.state == RequestStates.REQUESTED:
+                new = replace(new, state=RequestStates.ACKNOWLEDGED)
+            if stage == "uploading":
+                new = replace(new, state=RequestStates.UPLOADING)
+            if bundle_id and not req.bundle_id:
+                new = replace(new, bundle_id=_truncate(bundle_id, 64))
+            message = stage + (f": {_truncate(detail, 256)}" if detail else "")
+            event = TimelineEventRecord(req.incident_id, now, "progress", message, host_id=host_id)
+            await self.store.update_requests([new], [event])
+
+    async def on_result(self, host_id: str, request_id: str, ok: bool, bundle_id: str, error: str) -> None:
+        async with self._lock:
+            self._last_stage.pop(request_id, None)
+            req = await self._agent_request(host_id, request_id)
+            if req is None or req.state in (RequestStates.ATTACHED, RequestStates.FAILED):
+                return
+            now = self.now_ms()
+            if ok:
+                # The bundle may already be stored (the upload can finish before the result).
+                if bundle_id and await self.store.get_bundle(bundle_id) is not None:
+                    new = replace(req, state=RequestStates.ATTACHED, bundle_id=bundle_id, updated_at_ms=now)
+                    event = TimelineEventRecord(
+                        req.incident_id, now, "bundle_attached", f"bundle {bundle_id} attached", host_id=host_id
+                    )
+                elif req.state == RequestStates.EXPIRED:
+                    return
+                else:
+                    new = replace(
+                        req, state=RequestStates.UPLOADING, bundle_id=_truncate(bundle_id, 64), updated_at_ms=now
+                    )
+                    event = TimelineEventRecord(
+                        req.incident_id, now, "progress", f"snapshot done; uploading bundle {bundle_id}",
+                        host_id=host_id,
+                    )
+            else:
+                why = _truncate(error or "the agent reported a failure", MAX_REASON_CHARS)
+                new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
+                event = TimelineEventRecord(req.incident_id, now, "failed", why, host_id=host_id)
+            await self.store.update_requests([new], [event])
+
+    # -- bundles ------------------------------------------------------------------------
+    async def publish_bundle(self, bundle: BundleRecord) -> bool:
+        """Store ``bundle``'s row and attach it to its request and incident, in one transaction."""
+        async with self._lock:
+            now = self.now_ms()
+            requests: list[HostRequestRecord] = []
+            events: list[TimelineEventRecord] = []
+            req = await self.store.get_request(bundle.request_id) if bundle.request_id else None
+            if req is not None and req.host_id == bundle.host_id:
+                bundle = replace(bundle, incident_id=req.incident_id)
+                if req.state != RequestStates.ATTACHED:
+                    requests.append(
+                        replace(req, state=RequestStates.ATTACHED, bundle_id=bundle.bundle_id, reason="",
+                                updated_at_ms=now)
+                    )
+            incident = await self.store.get_incident(bundle.incident_id) if bundle.incident_id else None
+            if incident is not None:
+                events.append(
+                    TimelineEventRecord(
+                        incident.id, now, "bundle_attached",
+                        f"bundle {bundle.bundle_id} attached ({bundle.size_bytes} bytes)", host_id=bundle.host_id,
+                    )
+                )
+            return await self.store.publish_bundle(bundle, requests, events)
+
+    # -- expiry -------------------------------------------------------------------------
+    async def expire_due(self) -> int:
+        """Mark every pending request past its TTL ``expired``; how many were."""
+        async with self._lock:
+            now = self.now_ms()
+            due = await self.store.requests_expired(now, RequestStates.PENDING)
+            if not due:
+                return 0
+            ttl = f"{self.request_ttl_s:g}"
+            changed = [
+                replace(r, state=RequestStates.EXPIRED, reason=f"no bundle within the request TTL ({ttl} s)",
+                        updated_at_ms=now)
+                for r in due
+            ]
+            events = [
+                TimelineEventRecord(r.incident_id, now, "expired", f"no bundle within {ttl} s", host_id=r.host_id)
+                for r in due
+            ]
+            await self.store.update_requests(changed, events)
+            for r in due:
+                self._last_stage.pop(r.request_id, None)
+            return len(due)
+
+    async def run_expiry(self, interval_s: float) -> None:
+        """Call :meth:`expire_due` every ``interval_s`` until cancelled."""
+        while True:
+            try:
+                await self.expire_due()
+            except Exception:
+                log.exception("expiry pass failed", extra={"event": "expiry_failed"})
+            await asyncio.sleep(interval_s)
+
+    # -- humans ---------------------------------------------------------------------------
+    async def _change(
+        self, incident_id: str, change: Callable[[IncidentRecord, int], tuple[IncidentRecord, TimelineEventRecord]]
+    ) -> IncidentView:
+        async with self._lock:
+            if not isinstance(incident_id, str) or not incident_id:
+                raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "id: an incident id is required")
+            inc = await self.store.get_incident(incident_id)
+            if inc is None:
+                raise CollectorError(grpc.StatusCode.NOT_FOUND, f"no incident with id {incident_id!r}")
+            new, event = change(inc, self.now_ms())
+            if new is not inc:
+                await self.store.update_incident(new, [event])
+        return await self._view(new)
+
+    async def acknowledge(self, incident_id: str, actor: str = "") -> IncidentView:
+        """open → acknowledged; an acknowledged incident is returned unchanged."""
+
+        def change(inc: IncidentRecord, now: int) -> tuple[IncidentRecord, Any]:
+            if inc.state == IncidentStates.RESOLVED:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
+            if inc.state == IncidentStates.ACKNOWLEDGED:
+                return inc, None
+            new = replace(inc, state=IncidentStates.ACKNOWLEDGED, acknowledged_at_ms=now)
+            return new, TimelineEventRecord(inc.id, now, "incident_acknowledged", "acknowledged", actor=actor)
+
+        return await self._change(incident_id, change)
+
+    async def post_status_update(self, incident_id: str, message: str, actor: str = "") -> IncidentView:
+        message = message.strip()
+        if not message:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "message: must not be empty")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, f"message: at most {MAX_MESSAGE_CHARS} characters")
+
+        def change(inc: IncidentRecord, now: int) -> tuple[IncidentRecord, TimelineEventRecord]:
+            if inc.state == IncidentStates.RESOLVED:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
+            # A new (equal) record so the event is written.
+            return replace(inc), TimelineEventRecord(inc.id, now, "status_update", message, actor=actor)
+
+        return await self._change(incident_id, change)
+
+    async def resolve(self, incident_id: str, message: str = "", actor: str = "") -> IncidentView:
+        message = message.strip()
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, f"message: at most {MAX_MESSAGE_CHARS} characters")
+
+        def change(inc: IncidentRecord, now: int) -> tuple[IncidentRecord, TimelineEventRecord]:
+            if inc.state == IncidentStates.RESOLVED:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
+            new = replace(inc, state=IncidentStates.RESOLVED, resolved_at_ms=now)
+            return new, TimelineEventRecord(inc.id, now, "resolved", message or "resolved", actor=actor)
+
+        return await self._change(incident_id, change)

@@ -1,0 +1,496 @@
+"""Resumable bundle uploads (the ByteStream pattern) and their publication.
+
+One ``Upload`` stream carries chunks of one bundle::
+
+    first message   bundle_id, write_offset, data [, request_id, incident_id]
+    next messages   write_offset, data            (bundle_id empty or the same)
+    last message    finish_write, total_size_bytes, sha256 [, data]
+
+Rules, each with the status a violation gets (the staging file is the state):
+
+- ``bundle_id`` must be a UUID in canonical lowercase form → INVALID_ARGUMENT
+  (``invalid_bundle_id``); a later message naming another id → INVALID_ARGUMENT.
+- ``data`` longer than ``max_chunk_bytes`` (at most 1 MiB) → INVALID_ARGUMENT
+  (``chunk_too_large``).  Nothing of that chunk is written.
+- ``write_offset`` must equal the committed size → OUT_OF_RANGE with the
+  expected offset in the message (``offset_mismatch``).  This is strict: a
+  re-send of bytes already committed is refused like any other overlap,
+  because after a broken stream the agent asks ``QueryUpload`` and resumes at
+  the committed size, never behind it.  Nothing is written.
+- committed + chunk beyond ``max_bundle_bytes`` → RESOURCE_EXHAUSTED
+  (``too_large``); the staging file is removed.
+- at finish, ``total_size_bytes`` must equal the bytes received →
+  INVALID_ARGUMENT (``size_mismatch``), and ``sha256`` must be 64 lowercase
+  hex digits → INVALID_ARGUMENT (``bad_sha256``) that equal the sha256 of the
+  bytes received → DATA_LOSS (``sha256_mismatch``); the bundle's
+  ``manifest.json`` and ``evidence.json`` must read cleanly within the caps →
+  INVALID_ARGUMENT (``bad_bundle``); the manifest's ``bundle_id`` must be the
+  upload's and its ``host_id`` the requesting host's → INVALID_ARGUMENT
+  (``manifest_mismatch``).  Any finish failure removes the staging file and
+  stores nothing.
+- more than ``max_concurrent_uploads`` streams at once → RESOURCE_EXHAUSTED
+  (``too_many_uploads``); no message arrives for ``upload_idle_timeout_s`` →
+  DEADLINE_EXCEEDED (``idle``), the staging file is kept for a resume.
+
+A bundle that is already stored answers ``complete=true`` to any Upload or
+QueryUpload for its id (so a re-upload is idempotent and adds no row).
+QueryUpload for an id the collector has never seen answers committed 0.
+
+Publication is crash-safe: the finished upload row is first marked
+``verified`` with the bundle row to insert, then the staging file is renamed
+into the blob store, then the bundle row is inserted and the upload row
+deleted in one transaction.  :meth:`Ingest.recover` finishes a publication
+that a crash interrupted, and removes blobs that no row refers to; a bundle is
+therefore visible either completely or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from hostdiag.agent.bundle.reader import BundleFormatError, ReadLimits, read_manifest_and_evidence
+from hostdiag.collector.errors import CollectorError
+from hostdiag.collector.metrics import Counter
+from hostdiag.collector.store.base import BundleRecord, MetadataStore, UploadRecord
+from hostdiag.collector.store.blobs import FileBlobStore, StagingArea, is_bundle_id, is_sha256
+
+__all__ = ["Ingest", "IngestLimits", "UploadResult", "IngestCounters"]
+
+log = logging.getLogger("hostdiag.collector.ingest")
+
+MAX_ID_CHARS = 128
+_IDLE_HASHERS = 64
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_bundle_bytes: int = 256 * 1024 * 1024
+    max_chunk_bytes: int = 1024 * 1024
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    max_evidence_bytes: int = 16 * 1024 * 1024
+    max_concurrent_uploads: int = 16
+    upload_idle_timeout_s: float = 60.0
+    upload_retention_s: float = 86400.0
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bundle_id: str
+    committed_size_bytes: int
+    complete: bool
+
+
+@dataclass
+class IngestCounters:
+    bundles_received: Counter | None = None
+    bytes_received: Counter | None = None
+    rejections: Counter | None = None
+
+
+class _State:
+    """In-memory companion of one bundle's staging file."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.hasher: Any = None
+        self.hashed_bytes = 0
+        self.streams = 0
+
+
+Publish = Callable[[BundleRecord], Awaitable[bool]]
+
+
+def _created_at_ms(bundle_id: str, manifest: dict[str, Any]) -> int:
+    u = uuid.UUID(bundle_id)
+    if u.version == 7:
+        return u.int >> 80
+    created = manifest.get("created_at")
+    if isinstance(created, str):
+        with contextlib.suppress(ValueError):
+            return int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() * 1000)
+    return 0
+
+
+def _text(value: Any, limit: int = MAX_ID_CHARS) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: MetadataStore,
+        blobs: FileBlobStore,
+        staging: StagingArea,
+        limits: IngestLimits,
+        *,
+        publish: Publish | None = None,
+        counters: IngestCounters | None = None,
+        clock: Callable[[], float] = time.time,
+        executor: Any = None,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.staging = staging
+        self.limits = limits
+        self._publish: Publish = publish or (lambda b: store.publish_bundle(b, [], []))
+        self.counters = counters or IngestCounters()
+        self.clock = clock
+        self._executor = executor
+        self._states: dict[str, _State] = {}
+        self._idle: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self.active_streams = 0
+        self._read_limits = ReadLimits(
+            max_manifest_bytes=limits.max_manifest_bytes,
+            max_evidence_bytes=limits.max_evidence_bytes,
+            max_total_bytes=max(limits.max_bundle_bytes * 64, 64 * 1024 * 1024),
+        )
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def _reject(self, code: grpc.StatusCode, message: str, reason: str) -> CollectorError:
+        if self.counters.rejections is not None:
+            self.counters.rejections.inc(reason=reason)
+        log.info("upload rejected", extra={"event": "upload_rejected", "reason": reason, "detail": message})
+        return CollectorError(code, message, reason)
+
+    def _acquire_state(self, bundle_id: str) -> _State:
+        state = self._states.get(bundle_id) or self._idle.pop(bundle_id, None) or _State()
+        self._states[bundle_id] = state
+        state.streams += 1
+        return state
+
+    def _release_state(self, bundle_id: str, state: _State) -> None:
+        state.streams -= 1
+        if state.streams == 0 and self._states.get(bundle_id) is state:
+            del self._states[bundle_id]
+            if state.hasher is not None:
+                self._idle[bundle_id] = state
+                while len(self._idle) > _IDLE_HASHERS:
+                    self._idle.popitem(last=False)
+
+    def _forget(self, bundle_id: str) -> None:
+        self._idle.pop(bundle_id, None)
+        state = self._states.get(bundle_id)
+        if state is not None:
+            state.hasher = None
+            state.hashed_bytes = 0
+
+    async def _discard(self, bundle_id: str) -> None:
+        """Remove a rejected upload entirely: staging file and upload row."""
+        self._forget(bundle_id)
+        await self.staging.remove(bundle_id)
+        await self.store.delete_upload(bundle_id)
+
+    # -- QueryUpload --------------------------------------------------------------------
+    async def query(self, bundle_id: str) -> UploadResult:
+        if not is_bundle_id(bundle_id):
+            raise self._reject(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bundle_id: must be a UUID in canonical lowercase form, got {bundle_id[:80]!r}",
+                "invalid_bundle_id",
+            )
+        bundle = await self.store.get_bundle(bundle_id)
+        if bundle is not None:
+            return UploadResult(bundle_id, bundle.size_bytes, True)
+        size = await self.staging.committed_size(bundle_id)
+        return UploadResult(bundle_id, size or 0, False)
+
+    # -- Upload -------------------------------------------------------------------------
+    async def _next(self, messages: AsyncIterator[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(anext(messages), self.limits.upload_idle_timeout_s)
+        except StopAsyncIteration:
+            return None
+        except asyncio.TimeoutError:
+            raise self._reject(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no upload message for {self.limits.upload_idle_timeout_s:g} s; resume with QueryUpload",
+                "idle",
+            ) from None
+
+    async def receive(self, messages: AsyncIterator[Any]) -> UploadResult:
+        """Serve one Upload stream of ``UploadRequest`` messages."""
+        if self.active_streams >= self.limits.max_concurrent_uploads:
+            raise self._reject(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many concurrent uploads (limit {self.limits.max_concurrent_uploads}); retry later",
+                "too_many_uploads",
+            )
+        self.active_streams += 1
+        try:
+            first = await self._next(messages)
+            if first is None:
+                raise self._reject(
+                    grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream: no UploadRequest", "empty_stream"
+                )
+            bundle_id = first.bundle_id
+            if not is_bundle_id(bundle_id):
+                raise self._reject(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"bundle_id: must be a UUID in canonical lowercase form, got {bundle_id[:80]!r}",
+                    "invalid_bundle_id",
+                )
+            for name in ("request_id", "incident_id"):
+                if len(getattr(first, name)) > MAX_ID_CHARS:
+                    raise self._reject(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{name}: at most {MAX_ID_CHARS} characters", "bad_field"
+                    )
+            state = self._acquire_state(bundle_id)
+            try:
+                return await self._receive(bundle_id, state, first, messages)
+            finally:
+                self._release_state(bundle_id, state)
+        finally:
+            self.active_streams -= 1
+
+    async def _receive(self, bundle_id: str, state: _State, first: Any, messages: AsyncIterator[Any]) -> UploadResult:
+        stored = await self.store.get_bundle(bundle_id)
+        if stored is not None:
+            return UploadResult(bundle_id, stored.size_bytes, True)
+        now = self.now_ms()
+        upload = await self.store.get_upload(bundle_id)
+        if upload is None:
+            upload = UploadRecord(
+                bundle_id=bundle_id,
+                started_at_ms=now,
+                updated_at_ms=now,
+                request_id=first.request_id,
+                incident_id=first.incident_id,
+            )
+            await self.store.put_upload(upload)
+        elif (first.request_id or first.incident_id) and (not upload.request_id and not upload.incident_id):
+            upload = replace(upload, request_id=first.request_id, incident_id=first.incident_id, updated_at_ms=now)
+            await self.store.put_upload(upload)
+        msg = first
+        committed = 0
+        while True:
+            if msg.bundle_id and msg.bundle_id != bundle_id:
+                raise self._reject(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"bundle_id: this stream uploads {bundle_id}, a later message names {msg.bundle_id[:80]!r}",
+                    "invalid_bundle_id",
+                )
+            if len(msg.data) > self.limits.max_chunk_bytes:
+                raise self._reject(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"data: chunk of {len(msg.data)} bytes exceeds the limit of {self.limits.max_chunk_bytes} bytes",
+                    "chunk_too_large",
+                )
+            async with state.lock:
+                if await self.store.get_bundle(bundle_id) is not None:
+                    stored = await self.store.get_bundle(bundle_id)
+                    assert stored is not None
+                    return UploadResult(bundle_id, stored.size_bytes, True)
+                committed = await self.staging.committed_size(bundle_id) or 0
+                if msg.write_offset != committed:
+                    raise self._reject(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"write_offset: expected {committed} (the committed size), got {msg.write_offset}",
+                        "offset_mismatch",
+                    )
+                if committed + len(msg.data) > self.limits.max_bundle_bytes:
+                    await self._discard(bundle_id)
+                    raise self._reject(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"bundle exceeds the limit of {self.limits.max_bundle_bytes} bytes; upload discarded",
+                        "too_large",
+                    )
+                if msg.data or committed == 0:
+                    hasher = None
+                    if state.hasher is None and committed == 0:
+                        state.hasher, state.hashed_bytes = hashlib.sha256(), 0
+                    if state.hasher is not None and state.hashed_bytes == committed:
+                        hasher = state.hasher
+                    else:
+                        state.hasher = None
+                    try:
+                        committed = await self.staging.append(bundle_id, committed, bytes(msg.data), hasher)
+                    except BaseException:
+                        state.hasher = None  # the file may hold part of the chunk: rehash at finish
+                        raise
+                    if hasher is not None:
+                        state.hashed_bytes = committed
+                    if msg.data and self.counters.bytes_received is not None:
+                        self.counters.bytes_received.inc(len(msg.data))
+                if msg.finish_write:
+                    return await self._finish(bundle_id, state, upload, committed, msg)
+            msg = await self._next(messages)
+            if msg is None:
+                return UploadResult(bundle_id, committed, False)
+
+    async def _finish(
+        self, bundle_id: str, state: _State, upload: UploadRecord, committed: int, msg: Any
+    ) -> UploadResult:
+        """Verify and publish; called with the bundle's lock held."""
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if msg.total_size_bytes != committed:
+            await self._discard(bundle_id)
+            raise self._reject(
+                bad,
+                f"total_size_bytes: finish_write says {msg.total_size_bytes} but {committed} bytes were received; "
+                "upload discarded",
+                "size_mismatch",
+            )
+        if not is_sha256(msg.sha256):
+            await self._discard(bundle_id)
+            raise self._reject(bad, "sha256: must be 64 lowercase hex digits; upload discarded", "bad_sha256")
+        if state.hasher is not None and state.hashed_bytes == committed:
+            digest = state.hasher.hexdigest()
+        else:
+            digest = await self.staging.sha256(bundle_id)
+        if digest != msg.sha256:
+            await self._discard(bundle_id)
+            raise self._reject(
+                grpc.StatusCode.DATA_LOSS,
+                f"sha256: the {committed} bytes received hash to {digest}, finish_write says {msg.sha256}; "
+                "upload discarded, send the bundle again",
+                "sha256_mismatch",
+            )
+        path = self.staging.path(bundle_id)
+        loop = asyncio.get_running_loop()
+        try:
+            manifest, _evidence = await loop.run_in_executor(
+                self._executor, read_manifest_and_evidence, path, self._read_limits
+            )
+        except BundleFormatError as exc:
+            await self._discard(bundle_id)
+            raise self._reject(bad, f"bad bundle: {exc}; upload discarded", "bad_bundle") from None
+        problem = await self._manifest_problem(bundle_id, upload, manifest)
+        if problem:
+            await self._discard(bundle_id)
+            raise self._reject(bad, f"{problem}; upload discarded", "manifest_mismatch")
+        manifest_json = await loop.run_in_executor(self._executor, self._manifest_text, path)
+        now = self.now_ms()
+        bundle = BundleRecord(
+            bundle_id=bundle_id,
+            host_id=manifest["host_id"],
+            size_bytes=committed,
+            sha256=digest,
+            received_at_ms=now,
+            manifest_json=manifest_json,
+            created_at_ms=_created_at_ms(bundle_id, manifest),
+            incident_id=_text(upload.incident_id or manifest.get("incident_id")),
+            request_id=_text(upload.request_id or manifest.get("request_id")),
+            profile=_text(manifest.get("profile"), 64),
+            trigger=_text(manifest.get("trigger"), 64),
+        )
+        await self._commit(replace(upload, state="verified", bundle=bundle, updated_at_ms=now))
+        self._forget(bundle_id)
+        return UploadResult(bundle_id, committed, True)
+
+    def _manifest_text(self, path: str) -> str:
+        """manifest.json exactly as the agent wrote it (the reader already checked it)."""
+        import tarfile
+
+        import zstandard
+
+        with open(path, "rb") as raw:
+            dctx = zstandard.ZstdDecompressor(max_window_size=self._read_limits.max_zstd_window_bytes)
+            with dctx.stream_reader(raw, read_across_frames=True) as plain:
+                with tarfile.open(fileobj=plain, mode="r|") as tar:
+                    member = tar.next()
+                    assert member is not None and member.name == "manifest.json"
+                    if member.size > self.limits.max_manifest_bytes:
+                        raise BundleFormatError("manifest.json is too big")
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    return fh.read(member.size).decode("utf-8")
+
+    async def _manifest_problem(self, bundle_id: str, upload: UploadRecord, manifest: dict[str, Any]) -> str:
+        if manifest.get("bundle_id") != bundle_id:
+            return f"manifest.json: bundle_id is {str(manifest.get('bundle_id'))[:80]!r}, the upload is {bundle_id}"
+        host_id = manifest.get("host_id")
+        if not isinstance(host_id, str) or not host_id or len(host_id) > 253:
+            return "manifest.json: host_id must be a non-empty string of at most 253 characters"
+        if upload.request_id:
+            req = await self.store.get_request(upload.request_id)
+            if req is not None and req.host_id != host_id:
+                return (
+                    f"manifest.json: host_id {host_id!r} is not the host request {upload.request_id} "
+                    f"was sent to ({req.host_id!r})"
+                )
+        return ""
+
+    async def _commit(self, upload: UploadRecord) -> bool:
+        """Steps 2 and 3 of publication (1: the verified upload row).  Idempotent."""
+        bundle = upload.bundle
+        assert bundle is not None
+        await self.store.put_upload(upload)
+        if await self.staging.committed_size(bundle.bundle_id) is not None:
+            await self.blobs.publish_file(bundle.sha256, self.staging.path(bundle.bundle_id))
+        inserted = await self._publish(bundle)
+        if inserted:
+            if self.counters.bundles_received is not None:
+                self.counters.bundles_received.inc()
+            log.info(
+                "bundle stored",
+                extra={
+                    "event": "bundle_stored", "bundle_id": bundle.bundle_id, "host_id": bundle.host_id,
+                    "size_bytes": bundle.size_bytes, "incident_id": bundle.incident_id,
+                },
+            )
+        return inserted
+
+    # -- start-up and housekeeping -----------------------------------------------------
+    async def recover(self) -> dict[str, int]:
+        """Finish interrupted publications, drop orphans; what was done."""
+        done = {"published": 0, "orphan_blobs": 0, "orphan_uploads": 0}
+        for upload in await self.store.list_uploads():
+            if upload.state == "verified" and upload.bundle is not None:
+                staged = await self.staging.committed_size(upload.bundle_id) is not None
+                if staged or await self.blobs.exists(upload.bundle.sha256):
+                    await self._commit(upload)
+                    done["published"] += 1
+                else:
+                    await self.store.delete_upload(upload.bundle_id)
+                    done["orphan_uploads"] += 1
+        referenced = await self.store.referenced_digests()
+        for digest in await self.blobs.list_digests():
+            if digest not in referenced:
+                await self.blobs.delete(digest)
+                done["orphan_blobs"] += 1
+        if any(done.values()):
+            log.info("recovered storage", extra={"event": "ingest_recovered", **done})
+        return done
+
+    async def sweep(self) -> int:
+        """Delete partial uploads not touched for ``upload_retention_s``; how many."""
+        cutoff = self.clock() - self.limits.upload_retention_s
+        removed = 0
+        for staged in await self.staging.list():
+            if staged.mtime < cutoff and staged.bundle_id not in self._states:
+                await self._discard(staged.bundle_id)
+                removed += 1
+        for upload in await self.store.list_uploads():
+            if (
+                upload.state == "receiving"
+                and upload.updated_at_ms < cutoff * 1000
+                and upload.bundle_id not in self._states
+                and await self.staging.committed_size(upload.bundle_id) is None
+            ):
+                await self.store.delete_upload(upload.bundle_id)
+        if removed:
+            log.info("abandoned uploads removed", extra={"event": "uploads_swept", "count": removed})
+        return removed
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("upload sweep failed", extra={"event": "sweep_failed"})

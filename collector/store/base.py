@@ -1,0 +1,256 @@
+"""The collector's storage interfaces and the records that cross them.
+
+Two small interfaces keep the rest of the collector independent of where
+things live:
+
+- :class:`MetadataStore` holds agents, incidents, host requests, timeline
+  events, bundle rows and in-progress upload rows.  Every method is one
+  transaction: a caller never sees half of a change.  The embedded default is
+  :class:`hostdiag.collector.store.sqlite.SqliteMetadataStore`; a PostgreSQL
+  one can follow behind the same methods.
+- :class:`BlobStore` holds bundle files addressed by their sha256.  The
+  embedded default is :class:`hostdiag.collector.store.blobs.FileBlobStore`;
+  an S3-compatible one can follow.
+
+Partial uploads are not behind an interface: they are always staged on the
+local disk of the collector that receives them
+(:class:`hostdiag.collector.store.blobs.StagingArea`).
+
+Times are integer milliseconds since the Unix epoch (``*_ms``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "AgentRecord",
+    "IncidentRecord",
+    "HostRequestRecord",
+    "TimelineEventRecord",
+    "BundleRecord",
+    "UploadRecord",
+    "MetadataStore",
+    "BlobStore",
+    "IncidentStates",
+    "RequestStates",
+]
+
+
+class IncidentStates:
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    ALL = (OPEN, ACKNOWLEDGED, RESOLVED)
+
+
+class RequestStates:
+    REQUESTED = "requested"
+    ACKNOWLEDGED = "acknowledged"
+    UPLOADING = "uploading"
+    ATTACHED = "attached"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    ALL = (REQUESTED, ACKNOWLEDGED, UPLOADING, ATTACHED, FAILED, EXPIRED)
+    # Still waiting for the agent: these can be delivered and can expire.
+    PENDING = (REQUESTED, ACKNOWLEDGED, UPLOADING)
+    FINAL = (ATTACHED, FAILED, EXPIRED)
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    host_id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    agent_version: str = ""
+    profiles: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    max_window_s: float = 0.0
+    boot_id: str = ""
+    peer: str = ""
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+    connected_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    id: str
+    title: str
+    severity: int
+    service: str
+    state: str
+    selector_labels: Mapping[str, str]
+    selector_host_ids: tuple[str, ...]
+    window_s: float
+    profile: str
+    opened_at_ms: int
+    opened_by: str = ""
+    acknowledged_at_ms: int = 0
+    resolved_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class HostRequestRecord:
+    request_id: str
+    incident_id: str
+    host_id: str
+    state: str
+    created_at_ms: int
+    updated_at_ms: int
+    expires_at_ms: int
+    reason: str = ""
+    bundle_id: str = ""
+    sent_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class TimelineEventRecord:
+    incident_id: str
+    at_ms: int
+    kind: str
+    message: str
+    host_id: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class BundleRecord:
+    bundle_id: str
+    host_id: str
+    size_bytes: int
+    sha256: str
+    received_at_ms: int
+    manifest_json: str
+    created_at_ms: int = 0
+    incident_id: str = ""
+    request_id: str = ""
+    profile: str = ""
+    trigger: str = ""
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """An upload the collector has started receiving.
+
+    ``state`` is ``"receiving"`` while chunks arrive; ``"verified"`` once the
+    finished file passed every check and ``bundle`` holds the row about to be
+    published.  A verified upload found at start-up is published then (the
+    crash came between the checks and the bundle row).
+    """
+
+    bundle_id: str
+    started_at_ms: int
+    updated_at_ms: int
+    request_id: str = ""
+    incident_id: str = ""
+    state: str = "receiving"
+    bundle: BundleRecord | None = None
+
+
+@runtime_checkable
+class MetadataStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # agents
+    async def upsert_agent(self, agent: AgentRecord) -> None: ...
+
+    async def touch_agent(self, host_id: str, last_seen_ms: int) -> None: ...
+
+    async def get_agent(self, host_id: str) -> AgentRecord | None: ...
+
+    async def list_agents(self) -> list[AgentRecord]: ...
+
+    # incidents, host requests and their timeline
+    async def create_incident(
+        self, incident: IncidentRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None: ...
+
+    async def update_incident(self, incident: IncidentRecord, events: Sequence[TimelineEventRecord]) -> None: ...
+
+    async def get_incident(self, incident_id: str) -> IncidentRecord | None: ...
+
+    async def list_incidents(self, state: str | None, limit: int) -> list[IncidentRecord]: ...
+
+    async def unresolved_incidents(self) -> list[IncidentRecord]: ...
+
+    async def add_requests(
+        self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None: ...
+
+    async def update_requests(
+        self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None: ...
+
+    async def get_request(self, request_id: str) -> HostRequestRecord | None: ...
+
+    async def list_requests(self, incident_id: str) -> list[HostRequestRecord]: ...
+
+    async def requests_for_host(self, host_id: str, states: Iterable[str]) -> list[HostRequestRecord]: ...
+
+    async def requests_expired(self, now_ms: int, states: Iterable[str]) -> list[HostRequestRecord]: ...
+
+    async def list_events(self, incident_id: str) -> list[TimelineEventRecord]: ...
+
+    # uploads and bundles
+    async def put_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, bundle_id: str) -> UploadRecord | None: ...
+
+    async def list_uploads(self) -> list[UploadRecord]: ...
+
+    async def delete_upload(self, bundle_id: str) -> None: ...
+
+    async def publish_bundle(
+        self,
+        bundle: BundleRecord,
+        requests: Sequence[HostRequestRecord],
+        events: Sequence[TimelineEventRecord],
+    ) -> bool:
+        """Insert the bundle row, delete its upload row, apply the request
+        changes and events — one transaction.  False if the row existed."""
+        ...
+
+    async def get_bundle(self, bundle_id: str) -> BundleRecord | None: ...
+
+    async def list_bundles(self, incident_id: str, host_id: str, limit: int) -> list[BundleRecord]: ...
+
+    async def bundle_ids_for_incident(self, incident_id: str) -> list[str]: ...
+
+    async def count_incidents(self) -> dict[str, int]:
+        """Number of incidents in each state."""
+        ...
+
+    async def count_requests(self) -> dict[str, int]:
+        """Number of host requests in each state."""
+        ...
+
+    async def referenced_digests(self) -> set[str]:
+        """Every sha256 a bundle row or a verified upload refers to."""
+        ...
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    async def publish_file(self, sha256: str, path: str) -> None:
+        """Move the finished file at ``path`` in under ``sha256``, durably.
+
+        When a blob with that digest already exists the file is removed."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+    async def size(self, sha256: str) -> int:
+        """Size in bytes; ``FileNotFoundError`` when absent."""
+        ...
+
+    async def read(self, sha256: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (fewer at the end)."""
+        ...
+
+    async def delete(self, sha256: str) -> None: ...
+
+    async def list_digests(self) -> list[str]: ...

@@ -1,0 +1,672 @@
+"""The embedded metadata store: one SQLite file in WAL mode.
+
+- **Durability**: ``journal_mode=WAL`` with ``synchronous=FULL``.  WAL lets
+  readers run while a write commits; FULL makes every commit durable before
+  it returns.  ``NORMAL`` would be faster, but it may roll back the last
+  commits on a power loss, and the collector tells an agent "stored" (after
+  which the agent deletes its spooled copy) only once the bundle row is
+  committed — a rolled-back row would lose that bundle.  The write rate
+  (agent sessions, request states, one row per bundle) is small, so the extra
+  fsync per commit costs nothing that matters.
+- **Schema** is versioned: ``schema_migrations`` records each applied
+  migration; :data:`MIGRATIONS` lists them in order and new ones are only ever
+  appended.  A database from a newer collector is refused.
+- **Transactions**: every public method is one ``BEGIN IMMEDIATE … COMMIT``
+  (or a plain read), so no caller sees half of a change.
+- **Threads**: the connection lives on one dedicated thread
+  (a single-worker executor); the event loop only awaits futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+import orjson
+
+from hostdiag.collector.store.base import (
+    AgentRecord,
+    BundleRecord,
+    HostRequestRecord,
+    IncidentRecord,
+    TimelineEventRecord,
+    UploadRecord,
+)
+
+__all__ = ["SqliteMetadataStore", "MIGRATIONS", "SchemaError"]
+
+T = TypeVar("T")
+
+
+class SchemaError(Exception):
+    """The database was written by a newer collector (or is not ours)."""
+
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE agents (
+            host_id TEXT PRIMARY KEY,
+            labels_json TEXT NOT NULL,
+            agent_version TEXT NOT NULL,
+            profiles_json TEXT NOT NULL,
+            capabilities_json TEXT NOT NULL,
+            max_window_s REAL NOT NULL,
+            boot_id TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            first_seen_ms INTEGER NOT NULL,
+            last_seen_ms INTEGER NOT NULL,
+            connected_at_ms INTEGER NOT NULL
+        );
+        CREATE TABLE incidents (
+            id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            severity INTEGER NOT NULL,
+            service TEXT NOT NULL,
+            state TEXT NOT NULL,
+            selector_labels_json TEXT NOT NULL,
+            selector_host_ids_json TEXT NOT NULL,
+            window_s REAL NOT NULL,
+            profile TEXT NOT NULL,
+            opened_at_ms INTEGER NOT NULL,
+            opened_by TEXT NOT NULL,
+            acknowledged_at_ms INTEGER NOT NULL,
+            resolved_at_ms INTEGER NOT NULL
+        );
+        CREATE INDEX incidents_state ON incidents (state, opened_at_ms);
+        CREATE TABLE host_requests (
+            request_id TEXT PRIMARY KEY,
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            host_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            bundle_id TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            updated_at_ms INTEGER NOT NULL,
+            expires_at_ms INTEGER NOT NULL,
+            sent_at_ms INTEGER NOT NULL,
+            UNIQUE (incident_id, host_id)
+        );
+        CREATE INDEX host_requests_host ON host_requests (host_id, state);
+        CREATE INDEX host_requests_expiry ON host_requests (state, expires_at_ms);
+        CREATE TABLE timeline_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            at_ms INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            host_id TEXT NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE INDEX timeline_incident ON timeline_events (incident_id, seq);
+        CREATE TABLE bundles (
+            bundle_id TEXT PRIMARY KEY,
+            host_id TEXT NOT NULL,
+            incident_id TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            received_at_ms INTEGER NOT NULL,
+            profile TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            manifest_json TEXT NOT NULL
+        );
+        CREATE INDEX bundles_incident ON bundles (incident_id, received_at_ms);
+        CREATE INDEX bundles_host ON bundles (host_id, received_at_ms);
+        CREATE INDEX bundles_received ON bundles (received_at_ms);
+        CREATE TABLE uploads (
+            bundle_id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            incident_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started_at_ms INTEGER NOT NULL,
+            updated_at_ms INTEGER NOT NULL,
+            bundle_json TEXT
+        );
+        """,
+    ),
+]
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _agent(row: sqlite3.Row) -> AgentRecord:
+    return AgentRecord(
+        host_id=row["host_id"],
+        labels=orjson.loads(row["labels_json"]),
+        agent_version=row["agent_version"],
+        profiles=tuple(orjson.loads(row["profiles_json"])),
+        capabilities=tuple(orjson.loads(row["capabilities_json"])),
+        max_window_s=row["max_window_s"],
+        boot_id=row["boot_id"],
+        peer=row["peer"],
+        first_seen_ms=row["first_seen_ms"],
+        last_seen_ms=row["last_seen_ms"],
+        connected_at_ms=row["connected_at_ms"],
+    )
+
+
+def _incident(row: sqlite3.Row) -> IncidentRecord:
+    return IncidentRecord(
+        id=row["id"],
+        title=row["title"],
+        severity=row["severity"],
+        service=row["service"],
+        state=row["state"],
+        selector_labels=orjson.loads(row["selector_labels_json"]),
+        selector_host_ids=tuple(orjson.loads(row["selector_host_ids_json"])),
+        window_s=row["window_s"],
+        profile=row["profile"],
+        opened_at_ms=row["opened_at_ms"],
+        opened_by=row["opened_by"],
+        acknowledged_at_ms=row["acknowledged_at_ms"],
+        resolved_at_ms=row["resolved_at_ms"],
+    )
+
+
+def _request(row: sqlite3.Row) -> HostRequestRecord:
+    return HostRequestRecord(
+        request_id=row["request_id"],
+        incident_id=row["incident_id"],
+        host_id=row["host_id"],
+        state=row["state"],
+        reason=row["reason"],
+        bundle_id=row["bundle_id"],
+        created_at_ms=row["created_at_ms"],
+        updated_at_ms=row["updated_at_ms"],
+        expires_at_ms=row["expires_at_ms"],
+        sent_at_ms=row["sent_at_ms"],
+    )
+
+
+def _event(row: sqlite3.Row) -> TimelineEventRecord:
+    return TimelineEventRecord(
+        incident_id=row["incident_id"],
+        at_ms=row["at_ms"],
+        kind=row["kind"],
+        message=row["message"],
+        host_id=row["host_id"],
+        actor=row["actor"],
+    )
+
+
+def _bundle(row: sqlite3.Row) -> BundleRecord:
+    return BundleRecord(
+        bundle_id=row["bundle_id"],
+        host_id=row["host_id"],
+        incident_id=row["incident_id"],
+        request_id=row["request_id"],
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        created_at_ms=row["created_at_ms"],
+        received_at_ms=row["received_at_ms"],
+        profile=row["profile"],
+        trigger=row["trigger"],
+        manifest_json=row["manifest_json"],
+    )
+
+
+def _upload(row: sqlite3.Row) -> UploadRecord:
+    bundle = None
+    if row["bundle_json"]:
+        bundle = BundleRecord(**orjson.loads(row["bundle_json"]))
+    return UploadRecord(
+        bundle_id=row["bundle_id"],
+        request_id=row["request_id"],
+        incident_id=row["incident_id"],
+        state=row["state"],
+        started_at_ms=row["started_at_ms"],
+        updated_at_ms=row["updated_at_ms"],
+        bundle=bundle,
+    )
+
+
+_REQUEST_COLUMNS = (
+    "request_id, incident_id, host_id, state, reason, bundle_id, created_at_ms, updated_at_ms, expires_at_ms, sent_at_ms"
+)
+
+
+def _request_values(r: HostRequestRecord) -> tuple[Any, ...]:
+    return (
+        r.request_id, r.incident_id, r.host_id, r.state, r.reason, r.bundle_id,
+        r.created_at_ms, r.updated_at_ms, r.expires_at_ms, r.sent_at_ms,
+    )
+
+
+class SqliteMetadataStore:
+    """:class:`~hostdiag.collector.store.base.MetadataStore` on SQLite."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hostdiag-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- plumbing --------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("metadata store is not open")
+        return self._conn
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def open_sync(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise SchemaError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        self._migrate()
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        known = {v for v, _ in MIGRATIONS}
+        newer = sorted(applied - known)
+        if newer:
+            raise SchemaError(
+                f"{self.path}: schema version {newer[-1]} is newer than this collector understands "
+                f"(up to {max(known)}); upgrade the collector"
+            )
+        for version, script in MIGRATIONS:
+            if version in applied:
+                continue
+
+            def apply(c: sqlite3.Connection, version: int = version, script: str = script) -> None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute(
+                    "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)",
+                    (version, int(time.time() * 1000)),
+                )
+
+            self._write(apply)
+
+    def schema_version_sync(self) -> int:
+        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def open(self) -> None:
+        await self._run(self.open_sync)
+
+    async def close(self) -> None:
+        await self._run(self.close_sync)
+        self._executor.shutdown(wait=True)
+
+    async def schema_version(self) -> int:
+        return await self._run(self.schema_version_sync)
+
+    # -- agents ------------------------------------------------------------------------
+    def _upsert_agent(self, a: AgentRecord) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                """INSERT INTO agents (host_id, labels_json, agent_version, profiles_json, capabilities_json,
+                       max_window_s, boot_id, peer, first_seen_ms, last_seen_ms, connected_at_ms)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (host_id) DO UPDATE SET
+                       labels_json = excluded.labels_json, agent_version = excluded.agent_version,
+                       profiles_json = excluded.profiles_json, capabilities_json = excluded.capabilities_json,
+                       max_window_s = excluded.max_window_s, boot_id = excluded.boot_id, peer = excluded.peer,
+                       last_seen_ms = excluded.last_seen_ms, connected_at_ms = excluded.connected_at_ms""",
+                (
+                    a.host_id, _dumps(dict(a.labels)), a.agent_version, _dumps(list(a.profiles)),
+                    _dumps(list(a.capabilities)), a.max_window_s, a.boot_id, a.peer,
+                    a.first_seen_ms or a.last_seen_ms, a.last_seen_ms, a.connected_at_ms,
+                ),
+            )
+
+        self._write(tx)
+
+    async def upsert_agent(self, agent: AgentRecord) -> None:
+        await self._run(self._upsert_agent, agent)
+
+    async def touch_agent(self, host_id: str, last_seen_ms: int) -> None:
+        await self._run(
+            self._write,
+            lambda c: c.execute("UPDATE agents SET last_seen_ms = ? WHERE host_id = ?", (last_seen_ms, host_id)),
+        )
+
+    def _get_agent(self, host_id: str) -> AgentRecord | None:
+        row = self.conn.execute("SELECT * FROM agents WHERE host_id = ?", (host_id,)).fetchone()
+        return _agent(row) if row else None
+
+    async def get_agent(self, host_id: str) -> AgentRecord | None:
+        return await self._run(self._get_agent, host_id)
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return await self._run(
+            lambda: [_agent(r) for r in self.conn.execute("SELECT * FROM agents ORDER BY host_id")]
+        )
+
+    # -- incidents ---------------------------------------------------------------------
+    @staticmethod
+    def _insert_events(c: sqlite3.Connection, events: Sequence[TimelineEventRecord]) -> None:
+        c.executemany(
+            "INSERT INTO timeline_events (incident_id, at_ms, kind, message, host_id, actor) VALUES (?, ?, ?, ?, ?, ?)",
+            [(e.incident_id, e.at_ms, e.kind, e.message, e.host_id, e.actor) for e in events],
+        )
+
+    @staticmethod
+    def _incident_values(i: IncidentRecord) -> tuple[Any, ...]:
+        return (
+            i.title, i.severity, i.service, i.state, _dumps(dict(i.selector_labels)),
+            _dumps(list(i.selector_host_ids)), i.window_s, i.profile, i.opened_at_ms, i.opened_by,
+            i.acknowledged_at_ms, i.resolved_at_ms, i.id,
+        )
+
+    def _create_incident(
+        self, inc: IncidentRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                """INSERT INTO incidents (title, severity, service, state, selector_labels_json,
+                       selector_host_ids_json, window_s, profile, opened_at_ms, opened_by,
+                       acknowledged_at_ms, resolved_at_ms, id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                self._incident_values(inc),
+            )
+            c.executemany(
+                f"INSERT INTO host_requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_request_values(r) for r in requests],
+            )
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def create_incident(
+        self, incident: IncidentRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None:
+        await self._run(self._create_incident, incident, list(requests), list(events))
+
+    def _update_incident(self, inc: IncidentRecord, events: Sequence[TimelineEventRecord]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            cur = c.execute(
+                """UPDATE incidents SET title = ?, severity = ?, service = ?, state = ?, selector_labels_json = ?,
+                       selector_host_ids_json = ?, window_s = ?, profile = ?, opened_at_ms = ?, opened_by = ?,
+                       acknowledged_at_ms = ?, resolved_at_ms = ? WHERE id = ?""",
+                self._incident_values(inc),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(inc.id)
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def update_incident(self, incident: IncidentRecord, events: Sequence[TimelineEventRecord]) -> None:
+        await self._run(self._update_incident, incident, list(events))
+
+    async def get_incident(self, incident_id: str) -> IncidentRecord | None:
+        def read() -> IncidentRecord | None:
+            row = self.conn.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            return _incident(row) if row else None
+
+        return await self._run(read)
+
+    async def list_incidents(self, state: str | None, limit: int) -> list[IncidentRecord]:
+        def read() -> list[IncidentRecord]:
+            if state:
+                rows = self.conn.execute(
+                    "SELECT * FROM incidents WHERE state = ? ORDER BY opened_at_ms DESC, id DESC LIMIT ?",
+                    (state, limit),
+                )
+            else:
+                rows = self.conn.execute(
+                    "SELECT * FROM incidents ORDER BY opened_at_ms DESC, id DESC LIMIT ?", (limit,)
+                )
+            return [_incident(r) for r in rows]
+
+        return await self._run(read)
+
+    async def unresolved_incidents(self) -> list[IncidentRecord]:
+        return await self._run(
+            lambda: [
+                _incident(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM incidents WHERE state != 'resolved' ORDER BY opened_at_ms, id"
+                )
+            ]
+        )
+
+    # -- host requests -------------------------------------------------------------------
+    def _add_requests(self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany(
+                f"INSERT INTO host_requests ({_REQUEST_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_request_values(r) for r in requests],
+            )
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def add_requests(self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]) -> None:
+        await self._run(self._add_requests, list(requests), list(events))
+
+    @staticmethod
+    def _update_request_rows(c: sqlite3.Connection, requests: Sequence[HostRequestRecord]) -> None:
+        for r in requests:
+            cur = c.execute(
+                """UPDATE host_requests SET incident_id = ?, host_id = ?, state = ?, reason = ?, bundle_id = ?,
+                       created_at_ms = ?, updated_at_ms = ?, expires_at_ms = ?, sent_at_ms = ?
+                   WHERE request_id = ?""",
+                _request_values(r)[1:] + (r.request_id,),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(r.request_id)
+
+    def _update_requests(self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            self._update_request_rows(c, requests)
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def update_requests(
+        self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> None:
+        await self._run(self._update_requests, list(requests), list(events))
+
+    async def get_request(self, request_id: str) -> HostRequestRecord | None:
+        def read() -> HostRequestRecord | None:
+            row = self.conn.execute("SELECT * FROM host_requests WHERE request_id = ?", (request_id,)).fetchone()
+            return _request(row) if row else None
+
+        return await self._run(read)
+
+    async def list_requests(self, incident_id: str) -> list[HostRequestRecord]:
+        return await self._run(
+            lambda: [
+                _request(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM host_requests WHERE incident_id = ? ORDER BY host_id", (incident_id,)
+                )
+            ]
+        )
+
+    async def requests_for_host(self, host_id: str, states: Iterable[str]) -> list[HostRequestRecord]:
+        wanted = list(states)
+        marks = ", ".join("?" for _ in wanted)
+
+        def read() -> list[HostRequestRecord]:
+            rows = self.conn.execute(
+                f"SELECT * FROM host_requests WHERE host_id = ? AND state IN ({marks}) ORDER BY created_at_ms",
+                (host_id, *wanted),
+            )
+            return [_request(r) for r in rows]
+
+        return await self._run(read)
+
+    async def requests_expired(self, now_ms: int, states: Iterable[str]) -> list[HostRequestRecord]:
+        wanted = list(states)
+        marks = ", ".join("?" for _ in wanted)
+
+        def read() -> list[HostRequestRecord]:
+            rows = self.conn.execute(
+                f"SELECT * FROM host_requests WHERE state IN ({marks}) AND expires_at_ms <= ? ORDER BY expires_at_ms",
+                (*wanted, now_ms),
+            )
+            return [_request(r) for r in rows]
+
+        return await self._run(read)
+
+    async def list_events(self, incident_id: str) -> list[TimelineEventRecord]:
+        return await self._run(
+            lambda: [
+                _event(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM timeline_events WHERE incident_id = ? ORDER BY seq", (incident_id,)
+                )
+            ]
+        )
+
+    # -- uploads -------------------------------------------------------------------------
+    def _put_upload(self, u: UploadRecord) -> None:
+        bundle_json = _dumps(asdict(u.bundle)) if u.bundle is not None else None
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                """INSERT INTO uploads (bundle_id, request_id, incident_id, state, started_at_ms, updated_at_ms,
+                       bundle_json) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (bundle_id) DO UPDATE SET request_id = excluded.request_id,
+                       incident_id = excluded.incident_id, state = excluded.state,
+                       updated_at_ms = excluded.updated_at_ms, bundle_json = excluded.bundle_json""",
+                (u.bundle_id, u.request_id, u.incident_id, u.state, u.started_at_ms, u.updated_at_ms, bundle_json),
+            )
+
+        self._write(tx)
+
+    async def put_upload(self, upload: UploadRecord) -> None:
+        await self._run(self._put_upload, upload)
+
+    async def get_upload(self, bundle_id: str) -> UploadRecord | None:
+        def read() -> UploadRecord | None:
+            row = self.conn.execute("SELECT * FROM uploads WHERE bundle_id = ?", (bundle_id,)).fetchone()
+            return _upload(row) if row else None
+
+        return await self._run(read)
+
+    async def list_uploads(self) -> list[UploadRecord]:
+        return await self._run(
+            lambda: [_upload(r) for r in self.conn.execute("SELECT * FROM uploads ORDER BY bundle_id")]
+        )
+
+    async def delete_upload(self, bundle_id: str) -> None:
+        await self._run(self._write, lambda c: c.execute("DELETE FROM uploads WHERE bundle_id = ?", (bundle_id,)))
+
+    # -- bundles -------------------------------------------------------------------------
+    def _publish_bundle(
+        self, b: BundleRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM uploads WHERE bundle_id = ?", (b.bundle_id,))
+            cur = c.execute(
+                """INSERT INTO bundles (bundle_id, host_id, incident_id, request_id, size_bytes, sha256,
+                       created_at_ms, received_at_ms, profile, trigger, manifest_json)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (bundle_id) DO NOTHING""",
+                (
+                    b.bundle_id, b.host_id, b.incident_id, b.request_id, b.size_bytes, b.sha256,
+                    b.created_at_ms, b.received_at_ms, b.profile, b.trigger, b.manifest_json,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._update_request_rows(c, requests)
+            self._insert_events(c, events)
+            return True
+
+        return self._write(tx)
+
+    async def publish_bundle(
+        self, bundle: BundleRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
+    ) -> bool:
+        return await self._run(self._publish_bundle, bundle, list(requests), list(events))
+
+    async def get_bundle(self, bundle_id: str) -> BundleRecord | None:
+        def read() -> BundleRecord | None:
+            row = self.conn.execute("SELECT * FROM bundles WHERE bundle_id = ?", (bundle_id,)).fetchone()
+            return _bundle(row) if row else None
+
+        return await self._run(read)
+
+    async def list_bundles(self, incident_id: str, host_id: str, limit: int) -> list[BundleRecord]:
+        def read() -> list[BundleRecord]:
+            where, args = [], []
+            if incident_id:
+                where.append("incident_id = ?")
+                args.append(incident_id)
+            if host_id:
+                where.append("host_id = ?")
+                args.append(host_id)
+            clause = ("WHERE " + " AND ".join(where)) if where else ""
+            rows = self.conn.execute(
+                f"SELECT * FROM bundles {clause} ORDER BY received_at_ms DESC, bundle_id DESC LIMIT ?",
+                (*args, limit),
+            )
+            return [_bundle(r) for r in rows]
+
+        return await self._run(read)
+
+    async def bundle_ids_for_incident(self, incident_id: str) -> list[str]:
+        return await self._run(
+            lambda: [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT bundle_id FROM bundles WHERE incident_id = ? ORDER BY received_at_ms, bundle_id",
+                    (incident_id,),
+                )
+            ]
+        )
+
+    async def count_incidents(self) -> dict[str, int]:
+        return await self._run(
+            lambda: {r[0]: r[1] for r in self.conn.execute("SELECT state, COUNT(*) FROM incidents GROUP BY state")}
+        )
+
+    async def count_requests(self) -> dict[str, int]:
+        return await self._run(
+            lambda: {r[0]: r[1] for r in self.conn.execute("SELECT state, COUNT(*) FROM host_requests GROUP BY state")}
+        )
+
+    async def referenced_digests(self) -> set[str]:
+        def read() -> set[str]:
+            out = {r[0] for r in self.conn.execute("SELECT sha256 FROM bundles")}
+            for r in self.conn.execute("SELECT bundle_json FROM uploads WHERE bundle_json IS NOT NULL"):
+                out.add(orjson.loads(r[0])["sha256"])
+            return out
+
+        return await self._run(read)
