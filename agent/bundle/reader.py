@@ -382,6 +382,10 @@ class _Scanner:
                 if walker.frames == 0:
                     return BundleFormatError(f"not a zstd-compressed bundle ({walker.bad})")
                 return BundleFormatError(f"unexpected data after the zstd frame ({walker.bad})")
+            if "too much memory" in str(exc):
+                return BundleFormatError(
+                    f"the zstd frame needs a bigger window than the limit of {self.limits.max_zstd_window_bytes} bytes"
+                )
             return BundleFormatError(f"corrupt zstd data {where}: {exc}")
         # A tar-level complaint: if the compressed stream itself was cut short,
         # that is the real story.
@@ -550,7 +554,8 @@ def _parse_json_object(name: str, data: bytes, limits: ReadLimits) -> dict[str, 
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in str(exc).lower():
+        text = str(exc).lower()
+        if "recursion" in text or "depth" in text:
             raise BundleFormatError(f"{name} is nested too deeply (limit {limits.max_json_depth})") from None
         raise BundleFormatError(f"{name} is not valid JSON: {exc}") from None
     if _json_depth_exceeds(obj, limits.max_json_depth):

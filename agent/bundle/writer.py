@@ -308,8 +308,13 @@ class _HashingSink:
         self._path = path
         self.count = 0
         self.sha = hashlib.sha256()
+        self.failed = False
 
     def write(self, data: bytes) -> int:
+        if self.failed:
+            # The error has been raised once; tarfile and zstd objects that are
+            # garbage-collected later may still try to flush into here.
+            return len(data)
         view = memoryview(data).cast("B")
         done = 0
         try:
@@ -319,6 +324,7 @@ class _HashingSink:
                     raise OSError(0, "short write")
                 done += n
         except OSError as exc:
+            self.failed = True
             raise _os_error(exc, "writing", self._path) from None
         self.sha.update(view)
         self.count += done
@@ -676,7 +682,11 @@ class BundleWriter:
         written = False
         try:
             sink = _HashingSink(raw, self._tmp_path)
-            self._write_tar(sink, manifest_bytes, evidence_bytes)
+            try:
+                self._write_tar(sink, manifest_bytes, evidence_bytes)
+            except BaseException:
+                sink.failed = True  # half-built tar/zstd objects must not write on when collected
+                raise
             try:
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -737,5 +747,4 @@ class BundleWriter:
             finally:
                 spool.close()
         tar.close()
-        zwriter.flush(zstandard.FLUSH_FRAME)
-        zwriter.close()
+        zwriter.close()  # ends the one frame (an explicit FLUSH_FRAME first would start a second, empty one)
