@@ -18,6 +18,9 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
 
 __all__ = ["Command", "AgentSession", "Fleet", "labels_match"]
 
@@ -63,6 +66,7 @@ class AgentSession:
         self.queue: asyncio.Queue[Command] = asyncio.Queue(maxsize=self.queue_length)
         self.closed = asyncio.Event()
         self.close_reason = ""
+        self.close_code: Any = None
         # Request ids queued or sent on this session (no duplicate delivery).
         self.delivered: set[str] = set()
 
@@ -81,9 +85,11 @@ class AgentSession:
         self.delivered.add(command.request_id)
         return True
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: Any = None) -> None:
+        """End the session; ``code`` is the status its stream ends with (default ABORTED)."""
         if not self.closed.is_set():
             self.close_reason = reason
+            self.close_code = code if code is not None else grpc.StatusCode.ABORTED
             self.closed.set()
 
 
@@ -119,6 +125,6 @@ class Fleet:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def close_all(self, reason: str) -> None:
+    def close_all(self, reason: str, code: Any = None) -> None:
         for session in list(self._sessions.values()):
-            session.close(reason)
+            session.close(reason, code)

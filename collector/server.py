@@ -1,0 +1,249 @@
+"""The collector assembled: stores, stages, gRPC services and the HTTP listener.
+
+:class:`Collector` is what ``hostdiag-collector`` runs and what integration
+tests start on ``127.0.0.1:0``::
+
+    collector = Collector(config)
+    await collector.start()          # opens the stores, recovers, serves
+    collector.grpc_address, collector.http_address
+    await collector.stop()           # health NOT_SERVING, drain, close
+
+gRPC server options (the agent's keepalive must agree with these):
+
+- ``grpc.keepalive_time_ms`` 30000 and ``grpc.keepalive_timeout_ms`` 10000:
+  the collector pings an idle connection every 30 s and drops it when no
+  answer comes within 10 s (a vanished agent is noticed within ~40 s);
+- ``grpc.http2.min_recv_ping_interval_without_data_ms`` 10000 and
+  ``grpc.keepalive_permit_without_calls`` 1 with
+  ``grpc.http2.max_ping_strikes`` 0: an agent may ping as often as every
+  10 s, even between calls, without ever getting GOAWAY ``too_many_pings``
+  (the agent pings every 20 s);
+- ``grpc.max_receive_message_length`` = ``max_message_bytes`` (one upload
+  chunk of at most 1 MiB plus framing) and ``grpc.max_send_message_length``
+  2 MiB (download chunks are 1 MiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hostdiag.collector.agent_service import AgentServicer
+from hostdiag.collector.api import BundleServicer, FleetServicer, IncidentServicer
+from hostdiag.collector.config import CollectorConfig, split_host_port
+from hostdiag.collector.fleet import Fleet
+from hostdiag.collector.http import HttpServer
+from hostdiag.collector.incidents import IncidentManager
+from hostdiag.collector.ingest import Ingest, IngestCounters, IngestLimits
+from hostdiag.collector.metrics import Registry
+from hostdiag.collector.store.base import IncidentStates, RequestStates
+from hostdiag.collector.store.blobs import FileBlobStore, StagingArea
+from hostdiag.collector.store.sqlite import SqliteMetadataStore
+from hostdiag.v1 import agent_pb2, agent_pb2_grpc, bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from hostdiag.v1 import incident_pb2, incident_pb2_grpc
+
+__all__ = ["Collector", "grpc_server_options", "KEEPALIVE_OPTIONS", "SERVICE_NAMES"]
+
+log = logging.getLogger("hostdiag.collector")
+
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+
+SERVICE_NAMES = (
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    incident_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name,
+    bundle_pb2.DESCRIPTOR.services_by_name["BundleService"].full_name,
+    fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+)
+
+
+def grpc_server_options(config: CollectorConfig) -> list[tuple[str, int]]:
+    return [
+        *KEEPALIVE_OPTIONS,
+        ("grpc.max_receive_message_length", config.collector.max_message_bytes),
+        ("grpc.max_send_message_length", 2 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Collector:
+    def __init__(self, config: CollectorConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        c = config.collector
+        self.clock = clock
+        data_dir = config.data_dir
+        os.makedirs(data_dir, mode=0o750, exist_ok=True)
+        self.executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="hostdiag-collector-io")
+        self.store = SqliteMetadataStore(os.path.join(data_dir, "collector.db"))
+        self.blobs = FileBlobStore(os.path.join(data_dir, "blobs"), self.executor)
+        self.staging = StagingArea(os.path.join(data_dir, "uploads"), self.executor)
+        self.fleet = Fleet()
+        self.metrics = Registry()
+        self._counts: dict[str, dict[str, int]] = {"incidents": {}, "requests": {}}
+        self._define_metrics()
+        self.incidents = IncidentManager(
+            self.store, self.fleet, request_ttl_s=c.request_ttl_s, default_window_s=c.default_window_s, clock=clock
+        )
+        self.ingest = Ingest(
+            self.store,
+            self.blobs,
+            self.staging,
+            IngestLimits(
+                max_bundle_bytes=c.max_bundle_bytes,
+                max_chunk_bytes=c.max_chunk_bytes,
+                max_manifest_bytes=c.max_manifest_bytes,
+                max_evidence_bytes=c.max_evidence_bytes,
+                max_concurrent_uploads=c.max_concurrent_uploads,
+                upload_idle_timeout_s=c.upload_idle_timeout_s,
+                upload_retention_s=c.upload_retention_s,
+            ),
+            publish=self.incidents.publish_bundle,
+            counters=IngestCounters(
+                bundles_received=self._bundles_received,
+                bytes_received=self._bytes_received,
+                rejections=self._rejections,
+            ),
+            clock=clock,
+            executor=self.executor,
+        )
+        self.agent_servicer = AgentServicer(
+            fleet=self.fleet,
+            incidents=self.incidents,
+            ingest=self.ingest,
+            store=self.store,
+            heartbeat_interval_s=c.heartbeat_interval_s,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            queue_length=c.command_queue_length,
+            clock=clock,
+        )
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.http = HttpServer(
+            store=self.store,
+            blobs=self.blobs,
+            render_metrics=self.render_metrics,
+            is_healthy=lambda: not self.stopping,
+            header_bytes=c.http_header_bytes,
+            timeout_s=c.http_timeout_s,
+            max_connections=c.http_max_connections,
+        )
+        self.server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.stopping = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- metrics --------------------------------------------------------------------------
+    def _define_metrics(self) -> None:
+        m = self.metrics
+        m.gauge("hostdiag_collector_agents_connected", "Agents with an open control stream.",
+                callback=lambda: float(len(self.fleet)))
+        m.gauge("hostdiag_collector_incidents", "Incidents by state.", ["state"],
+                callback=lambda: {(s,): float(self._counts["incidents"].get(s, 0)) for s in IncidentStates.ALL})
+        m.gauge("hostdiag_collector_snapshot_requests", "Host snapshot requests by state.", ["state"],
+                callback=lambda: {(s,): float(self._counts["requests"].get(s, 0)) for s in RequestStates.ALL})
+        m.gauge("hostdiag_collector_uploads_active", "Upload streams being served.",
+                callback=lambda: float(self.ingest.active_streams))
+        self._bundles_received = m.counter("hostdiag_collector_bundles_received_total", "Bundles verified and stored.")
+        self._bytes_received = m.counter(
+            "hostdiag_collector_bundle_bytes_received_total", "Upload bytes committed to staging."
+        )
+        self._rejections = m.counter(
+            "hostdiag_collector_upload_rejections_total", "Upload and QueryUpload calls refused, by reason.", ["reason"]
+        )
+
+    async def render_metrics(self) -> str:
+        self._counts["incidents"] = await self.store.count_incidents()
+        self._counts["requests"] = await self.store.count_requests()
+        return self.metrics.render()
+
+    # -- life cycle ----------------------------------------------------------------------
+    @property
+    def grpc_address(self) -> str:
+        host, _ = split_host_port(self.config.collector.listen)
+        return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        host, _ = split_host_port(self.config.collector.http_listen)
+        return f"[{host}]:{self.http_port}" if ":" in host else f"{host}:{self.http_port}"
+
+    async def start(self) -> None:
+        c = self.config.collector
+        await self.store.open()
+        await self.ingest.recover()
+        server = grpc.aio.server(options=grpc_server_options(self.config))
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, server)
+        incident_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(self.incidents), server)
+        bundle_pb2_grpc.add_BundleServiceServicer_to_server(BundleServicer(self.store, self.blobs), server)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(c.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {c.listen} for gRPC")
+        self.server = server
+        self.grpc_port = port
+        try:
+            host, http_port = split_host_port(c.http_listen)
+            self.http_port = await self.http.start(host, http_port)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {c.http_listen} for HTTP: {exc.strerror or exc}") from None
+        await server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [
+            asyncio.create_task(self.incidents.run_expiry(c.expiry_check_interval_s), name="request-expiry"),
+            asyncio.create_task(self.ingest.run_sweeper(min(3600.0, c.upload_retention_s / 4)), name="upload-sweep"),
+        ]
+        log.info(
+            "collector serving",
+            extra={"event": "collector_started", "grpc": self.grpc_address, "http": self.http_address,
+                   "data_dir": self.config.data_dir},
+        )
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", *SERVICE_NAMES):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, end streams after a short grace.
+
+        In-flight uploads stay resumable: their committed bytes are on disk.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.config.collector.shutdown_grace_s if grace_s is None else grace_s
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.agent_servicer.stopping = True
+        self.fleet.close_all("collector is shutting down", grpc.StatusCode.UNAVAILABLE)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.http.stop()
+        await self.store.close()
+        self.executor.shutdown(wait=True)
+        log.info("collector stopped", extra={"event": "collector_stopped"})
