@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import platform
+import pwd
 import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +111,23 @@ class SystemProbe:
 
     def __init__(self, proc_root: str = "/proc") -> None:
         self.proc_root = proc_root
+        self._user_names: dict[int, str] = {}
+        self._user_names_at = 0.0
+
+    def _user_name(self, uid: int) -> str:
+        """Name of a uid, cached for a minute (a password database lookup per process is slow)."""
+        now = time.monotonic()
+        if now - self._user_names_at > 60.0 or len(self._user_names) > 4096:
+            self._user_names = {}
+            self._user_names_at = now
+        name = self._user_names.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self._user_names[uid] = name
+        return name
 
     # -- processes ----------------------------------------------------------------------------
     def iter_processes(self) -> Iterator[Any]:
@@ -121,7 +140,17 @@ class SystemProbe:
         Raises ``NoSuchProcess`` when the process is gone.  Named tuples
         (``cpu_times``, ``memory_info``, ``io_counters``) come back as dicts.
         """
-        info = proc.as_dict(list(attrs), ad_value=_UNAVAILABLE)
+        wanted = list(attrs)
+        # ``username`` is the real uid's name (as psutil has it), with the lookup cached.
+        by_uid = "username" in wanted
+        if by_uid:
+            wanted.remove("username")
+            if "uids" not in wanted:
+                wanted.append("uids")
+        info = proc.as_dict(wanted, ad_value=_UNAVAILABLE)
+        if by_uid:
+            uids = info["uids"] if "uids" in attrs else info.pop("uids")
+            info["username"] = _UNAVAILABLE if uids is _UNAVAILABLE else self._user_name(uids.real)
         unavailable = frozenset(k for k, v in info.items() if v is _UNAVAILABLE)
         return {k: (None if v is _UNAVAILABLE else _plain(k, v)) for k, v in info.items()}, unavailable
 
