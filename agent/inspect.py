@@ -109,6 +109,12 @@ def _seconds(value: Any) -> str:
     return "-" if value is None else _text(value)
 
 
+def _span(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g} s"
+    return _text(value)
+
+
 def _pairs(mapping: Any) -> str:
     if isinstance(mapping, dict):
         if not mapping:
@@ -137,7 +143,7 @@ def _human(path: str, size: int, report: VerifyReport) -> str:
     if isinstance(window, dict):
         row(
             "Window",
-            f"{_when(window.get('start'))} .. {_when(window.get('end'))} ({_seconds(window.get('seconds'))})",
+            f"{_when(window.get('start'))} .. {_when(window.get('end'))} ({_span(window.get('seconds'))})",
         )
     elif window is not None:
         row("Window", _text(window))
