@@ -132,7 +132,8 @@ class SystemProbe:
     # -- processes ----------------------------------------------------------------------------
     def iter_processes(self) -> Iterator[Any]:
         """Handles of every process now (psutil caches them between calls)."""
-        return psutil.process_iter()
+        handles: Iterator[Any] = psutil.process_iter()
+        return handles
 
     def process_info(self, proc: Any, attrs: Sequence[str]) -> tuple[dict[str, Any], frozenset[str]]:
         """``attrs`` of one process, and the names that could not be read.

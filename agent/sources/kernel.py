@@ -212,6 +212,9 @@ def parse_kern_log_line(line: str, now: float) -> tuple[float | None, str] | Non
     return ts, _PRINTK_TIME.sub("", m["msg"], count=1)
 
 
+_Line = tuple[float | None, int | None, str]  # (epoch seconds, syslog level, message)
+
+
 class KernelSource:
     name = "kernel"
 
@@ -244,7 +247,7 @@ class KernelSource:
         return notes
 
     # -- reading -----------------------------------------------------------------------------
-    def _lines(self, ctx: SnapshotContext) -> tuple[str, str, list[tuple[float | None, int | None, str]], bool]:
+    def _lines(self, ctx: SnapshotContext) -> tuple[str, str, list[_Line], bool]:
         """``(log, path, [(ts, level, message)], cut)`` from kmsg or the fallback file."""
         cfg = self.config
         try:
@@ -253,7 +256,7 @@ class KernelSource:
             kmsg_problem = exc
         else:
             boot = _boot_time(ctx)
-            lines = [(boot + r.ts_us / 1e6, r.level, r.message) for r in records]
+            lines: list[_Line] = [(boot + r.ts_us / 1e6, r.level, r.message) for r in records]
             return "kmsg", cfg.kmsg_path, lines, False
         why_kmsg = (
             "permission denied (needs CAP_SYSLOG, or kernel.dmesg_restrict=0)"
@@ -268,7 +271,7 @@ class KernelSource:
             except PermissionError:
                 why_file = "permission denied"
             else:
-                lines = []
+                lines = []  # kern.log has no levels
                 for line in text_lines:
                     parsed = parse_kern_log_line(line, ctx.now)
                     if parsed is not None:
