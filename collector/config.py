@@ -88,7 +88,7 @@ class CollectorSection:
     )
     heartbeat_timeout_s: float = field(
         default=0.0,
-        metadata={"min": 0, "max": 600, "doc": "drop a silent agent after this; 0: 3 heartbeat intervals"},
+        metadata={"min": 0, "max": 600, "doc": "drop a silent agent after this; 0: 90 s (3 x the longest agent heartbeat, 30 s)"},
     )
     command_queue_length: int = field(
         default=64, metadata={"min": 1, "max": 10000, "doc": "snapshot commands queued per connected agent"}
@@ -172,7 +172,8 @@ class CollectorConfig:
     @property
     def heartbeat_timeout_s(self) -> float:
         c = self.collector
-        return c.heartbeat_timeout_s or 3 * c.heartbeat_interval_s
+        # Agents send heartbeats every 30 s at most: three of those missed means gone.
+        return c.heartbeat_timeout_s or max(90.0, 3 * c.heartbeat_interval_s)
 
 
 def load_config(path: str | None) -> CollectorConfig:

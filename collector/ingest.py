@@ -261,9 +261,10 @@ class Ingest:
         stored = await self.store.get_bundle(bundle_id)
         if stored is not None:
             return UploadResult(bundle_id, stored.size_bytes, True)
-        now = self.now_ms()
         upload = await self.store.get_upload(bundle_id)
+        saved = upload is not None
         if upload is None:
+            now = self.now_ms()
             upload = UploadRecord(
                 bundle_id=bundle_id,
                 started_at_ms=now,
@@ -271,10 +272,9 @@ class Ingest:
                 request_id=first.request_id,
                 incident_id=first.incident_id,
             )
-            await self.store.put_upload(upload)
-        elif (first.request_id or first.incident_id) and (not upload.request_id and not upload.incident_id):
-            upload = replace(upload, request_id=first.request_id, incident_id=first.incident_id, updated_at_ms=now)
-            await self.store.put_upload(upload)
+        elif (first.request_id or first.incident_id) and not (upload.request_id or upload.incident_id):
+            upload = replace(upload, request_id=first.request_id, incident_id=first.incident_id)
+            saved = False
         msg = first
         committed = 0
         while True:
@@ -309,6 +309,11 @@ class Ingest:
                         f"bundle exceeds the limit of {self.limits.max_bundle_bytes} bytes; upload discarded",
                         "too_large",
                     )
+                if not saved:
+                    # The upload row exists once the first bytes are about to be written.
+                    upload = replace(upload, updated_at_ms=self.now_ms())
+                    await self.store.put_upload(upload)
+                    saved = True
                 if msg.data or committed == 0:
                     hasher = None
                     if state.hasher is None and committed == 0:
