@@ -282,7 +282,7 @@ class _PlainTap:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0 or size > _DATA_CHUNK:
             size = _DATA_CHUNK
-        data = self._reader.read(size)
+        data: bytes = self._reader.read(size)
         if not data:
             self.eof = True
             return b""
@@ -316,7 +316,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
 
     max_size = 0  # set per scan: nothing can be bigger than the decompressed cap
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size < 0 or self.size > self.max_size:
             raise _InternalStop(
                 f"bad tar header at offset {self.offset}: member size {self.size} is impossible "
@@ -327,7 +327,8 @@ class _GuardedTarInfo(tarfile.TarInfo):
                 f"bad tar header at offset {self.offset}: extended header of {self.size} bytes "
                 f"(limit {_MAX_EXTENDED_HEADER_BYTES})"
             )
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+        info: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return info
 
 
 @dataclass
@@ -361,7 +362,9 @@ class _Scanner:
         self.limits = limits
         self.raw = _RawTap(source)
         dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_zstd_window_bytes)
-        self._zreader = dctx.stream_reader(self.raw, read_size=_ZSTD_READ_SIZE, read_across_frames=True)
+        self._zreader = dctx.stream_reader(
+            self.raw, read_size=_ZSTD_READ_SIZE, read_across_frames=True  # type: ignore[arg-type]
+        )
         self.plain = _PlainTap(self._zreader, limits.max_total_bytes)
         self._tar: tarfile.TarFile | None = None
         self._tarinfo = type("_ScanTarInfo", (_GuardedTarInfo,), {"max_size": limits.max_total_bytes})
@@ -412,8 +415,8 @@ class _Scanner:
     def entries(self, keep: Any) -> Iterator[_Entry]:
         """Yield every tar entry; ``keep(index, name)`` gives a byte limit to keep its data, or None."""
         try:
-            self._tar = tarfile.open(
-                fileobj=self.plain, mode="r|", bufsize=_TAR_BUFSIZE, tarinfo=self._tarinfo  # type: ignore[arg-type]
+            self._tar = tarfile.open(  # type: ignore[call-overload]
+                fileobj=self.plain, mode="r|", bufsize=_TAR_BUFSIZE, tarinfo=self._tarinfo
             )
         except OSError:
             raise
@@ -618,7 +621,7 @@ def _manifest_problems(manifest: dict[str, Any], limits: ReadLimits) -> tuple[li
                 continue
             size = item.get("size_bytes")
             sha = item.get("sha256")
-            if not _is_int(size) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 problems.append(f"{where} ({name}): size_bytes must be a non-negative integer")
                 continue
             if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
@@ -744,7 +747,8 @@ def verify_bundle(
     try:
         fh, close = _open_source(source)
     except OSError as exc:
-        problems.append(f"cannot open {source}: {exc.strerror or exc}")
+        label = os.fsdecode(source) if isinstance(source, (str, os.PathLike)) else repr(source)
+        problems.append(f"cannot open {label}: {exc.strerror or exc}")
         return report
     scanner: _Scanner | None = None
     complete = False

@@ -133,7 +133,7 @@ def remove_stale_temp(out_dir: str, older_than_s: float = 3600.0, *, now: float 
     files) older than ``older_than_s`` are touched.  Returns what was removed.
     """
     now = time.time() if now is None else now
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(out_dir)
     except OSError:
@@ -743,8 +743,8 @@ class BundleWriter:
         for member in self._order:
             spool = _SpoolReader(member)
             try:
-                tar.addfile(self._tar_info(member.name, member.size), spool)  # type: ignore[arg-type]
+                tar.addfile(self._tar_info(member.name, member.size), spool)
             finally:
                 spool.close()
         tar.close()
-        zwriter.close()  # ends the one frame (an explicit FLUSH_FRAME first would start a second, empty one)
+        zwriter.close()  # type: ignore[no-untyped-call]  # ends the one frame (an explicit FLUSH_FRAME first would start a second, empty one)
