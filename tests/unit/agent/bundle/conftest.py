@@ -75,6 +75,10 @@ class Crafted:
     evidence: bytes
     members: list[tuple[str, bytes]]
 
+    # The raw builders, for tests that assemble something stranger.
+    tar = staticmethod(tar_bytes)
+    zstd = staticmethod(zstd_bytes)
+
     def manifest(self, **extra: Any) -> dict[str, Any]:
         return manifest_doc([("evidence.json", self.evidence), *self.members], **extra)
 

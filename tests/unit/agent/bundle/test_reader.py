@@ -15,7 +15,8 @@ import zstandard
 
 from hostdiag.agent.bundle import BundleFormatError, ReadLimits, read_manifest_and_evidence, verify_bundle
 
-from .conftest import Crafted, tar_bytes, zstd_bytes  # noqa: TID252
+# ``crafted`` (conftest.py) builds bundles by hand: .entries(), .build(), .tar(), .zstd().
+Crafted = Any
 
 
 def problems_of(data: bytes, **limits: Any) -> list[str]:
@@ -97,7 +98,7 @@ def test_read_manifest_and_evidence_stops_after_two_members(crafted: Crafted) ->
 
 def test_manifest_not_first(crafted: Crafted) -> None:
     entries = crafted.entries()
-    data = zstd_bytes(tar_bytes([entries[1], entries[0], *entries[2:]]))
+    data = crafted.zstd(crafted.tar([entries[1], entries[0], *entries[2:]]))
     problems = problems_of(data)
     assert "manifest.json is not the first member (the first is 'evidence.json')" in problems
     assert "evidence.json is not the second member (the second is 'manifest.json')" in problems
@@ -108,7 +109,7 @@ def test_manifest_not_first(crafted: Crafted) -> None:
 
 def test_evidence_not_second(crafted: Crafted) -> None:
     entries = crafted.entries()
-    data = zstd_bytes(tar_bytes([entries[0], entries[2], entries[1], entries[3]]))
+    data = crafted.zstd(crafted.tar([entries[0], entries[2], entries[1], entries[3]]))
     assert one_problem(data) == "evidence.json is not the second member (the second is 'processes.json')"
     with pytest.raises(BundleFormatError, match="evidence.json is not the second member"):
         read_manifest_and_evidence(data)
@@ -196,7 +197,7 @@ def test_unsafe_names(crafted: Crafted, name: str, why: str) -> None:
 def test_undecodable_name_is_reported_safely(crafted: Crafted) -> None:
     info = tarfile.TarInfo("caf\udce9.txt")  # a raw 0xE9 byte in the header
     info.size = 0
-    data = zstd_bytes(tar_bytes([*crafted.entries(), info], fmt=tarfile.GNU_FORMAT))
+    data = crafted.zstd(crafted.tar([*crafted.entries(), info], fmt=tarfile.GNU_FORMAT))
     report = verify_bundle(data)
     assert "member 'caf\\\\xe9.txt' has an unsafe or invalid name: only [A-Za-z0-9._-] segments joined by '/' are " \
            "allowed" in report.problems
@@ -217,7 +218,7 @@ def test_undecodable_name_is_reported_safely(crafted: Crafted) -> None:
 def test_non_regular_members(crafted: Crafted, kind: str, setup: Any) -> None:
     info = tarfile.TarInfo("logs/link")
     setup(info)
-    data = zstd_bytes(tar_bytes([*crafted.entries(), info]))
+    data = crafted.zstd(crafted.tar([*crafted.entries(), info]))
     problems = problems_of(data)
     assert problems == [f"member 'logs/link' is a {kind}; only regular files are allowed"]
 
@@ -227,7 +228,7 @@ def test_non_regular_manifest(crafted: Crafted) -> None:
     info.type = tarfile.SYMTYPE
     info.linkname = "/etc/passwd"
     entries = crafted.entries()
-    data = zstd_bytes(tar_bytes([info, *entries[1:]]))
+    data = crafted.zstd(crafted.tar([info, *entries[1:]]))
     problems = problems_of(data)
     assert problems[0] == "member 'manifest.json' is a symbolic link; only regular files are allowed"
     with pytest.raises(BundleFormatError, match="symbolic link"):
@@ -254,32 +255,32 @@ def test_truncated_before_the_evidence(good_bundle: str) -> None:
 
 
 def test_bad_tar_header_in_the_middle(crafted: Crafted) -> None:
-    plain = bytearray(tar_bytes(crafted.entries()))
+    plain = bytearray(crafted.tar(crafted.entries()))
     # The third member's header follows manifest and evidence: find it and break its checksum.
     offset = plain.index(b"processes.json\0")
     plain[offset + 148 : offset + 156] = b"0000000\x00"
-    problems = problems_of(zstd_bytes(bytes(plain)))
+    problems = problems_of(crafted.zstd(bytes(plain)))
     assert problems[0] == f"bad tar header at offset {offset}"
 
 
-def test_bad_tar_header_at_the_start() -> None:
-    problem = one_problem(zstd_bytes(b"this is not a tar archive at all" * 100))
+def test_bad_tar_header_at_the_start(crafted: Crafted) -> None:
+    problem = one_problem(crafted.zstd(b"this is not a tar archive at all" * 100))
     assert problem.startswith("bad tar data at the start of the archive:")
 
 
 def test_tar_without_end_marker(crafted: Crafted) -> None:
-    plain = tar_bytes(crafted.entries())
+    plain = crafted.tar(crafted.entries())
     end = len(plain.rstrip(b"\x00"))
     end += -end % 512
-    problem = one_problem(zstd_bytes(plain[:end]))
+    problem = one_problem(crafted.zstd(plain[:end]))
     assert problem == f"tar archive truncated: no end-of-archive marker at offset {end}"
 
 
 def test_tar_cut_inside_a_member(crafted: Crafted) -> None:
     crafted.members.append(("big.bin", b"z" * 5000))
-    plain = tar_bytes(crafted.entries())
+    plain = crafted.tar(crafted.entries())
     cut = plain.index(b"z" * 5000) + 1000
-    problems = problems_of(zstd_bytes(plain[:cut]))
+    problems = problems_of(crafted.zstd(plain[:cut]))
     assert problems[0].startswith("bad tar data inside member 'big.bin': unexpected end of data")
 
 
@@ -289,9 +290,9 @@ def test_not_zstd() -> None:
     )
 
 
-def test_empty_inputs() -> None:
+def test_empty_inputs(crafted: Crafted) -> None:
     assert one_problem(b"") == "empty file (0 bytes)"
-    assert one_problem(zstd_bytes(b"")) == "empty archive: the zstd stream holds no tar data"
+    assert one_problem(crafted.zstd(b"")) == "empty archive: the zstd stream holds no tar data"
     with pytest.raises(BundleFormatError, match="empty file"):
         read_manifest_and_evidence(b"")
 
@@ -310,20 +311,20 @@ def test_garbage_after_the_zstd_frame(good_bundle: str) -> None:
 
 
 def test_data_hidden_after_the_tar_end(crafted: Crafted) -> None:
-    plain = tar_bytes(crafted.entries()) + b"hidden payload"
-    problem = one_problem(zstd_bytes(plain))
+    plain = crafted.tar(crafted.entries()) + b"hidden payload"
+    problem = one_problem(crafted.zstd(plain))
     assert problem.startswith("unexpected data after the end of the tar archive")
 
 
 def test_two_frames_are_accepted(crafted: Crafted) -> None:
-    plain = tar_bytes(crafted.entries())
+    plain = crafted.tar(crafted.entries())
     half = len(plain) // 2
-    assert problems_of(zstd_bytes(plain[:half]) + zstd_bytes(plain[half:])) == []
+    assert problems_of(crafted.zstd(plain[:half]) + crafted.zstd(plain[half:])) == []
 
 
 def test_zstd_window_limit(crafted: Crafted) -> None:
     params = zstandard.ZstdCompressionParameters(window_log=27, compression_level=3, write_checksum=True)
-    data = zstd_bytes(tar_bytes(crafted.entries()), compression_params=params)
+    data = crafted.zstd(crafted.tar(crafted.entries()), compression_params=params)
     problem = one_problem(data, max_zstd_window_bytes=1 << 20)
     assert problem == "the zstd frame needs a bigger window than the limit of 1048576 bytes"
 
@@ -481,11 +482,11 @@ def test_one_huge_member_is_refused_before_decompressing_it() -> None:
 def test_member_size_beyond_the_cap_is_refused_at_the_header(crafted: Crafted) -> None:
     info = tarfile.TarInfo("huge.bin")
     info.size = 1 << 40
-    plain = tar_bytes(crafted.entries()[:2])
+    plain = crafted.tar(crafted.entries()[:2])
     plain = plain.rstrip(b"\0")
     plain += b"\0" * (-len(plain) % 512)
     offset = len(plain)
-    data = zstd_bytes(plain + info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
+    data = crafted.zstd(plain + info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 4096)
     problems = problems_of(data, max_total_bytes=1 << 30)
     assert problems[0] == (
         f"bad tar header at offset {offset}: member size {1 << 40} is impossible (decompressed limit {1 << 30})"
@@ -496,7 +497,7 @@ def test_oversized_pax_header_is_refused(crafted: Crafted) -> None:
     info = tarfile.TarInfo("x.txt")
     info.pax_headers = {"comment": "c" * 10_000}
     entries = crafted.entries()
-    data = zstd_bytes(tar_bytes([*entries, info]))
+    data = crafted.zstd(crafted.tar([*entries, info]))
     problems = problems_of(data)
     assert any("extended header of" in p and "(limit 4096)" in p for p in problems), problems
 
