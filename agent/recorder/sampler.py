@@ -16,7 +16,7 @@ has ``None`` for every rate and ``interval_s`` None.
     disk_read_bytes_per_s disk_write_bytes_per_s
     net_rx_bytes_per_s net_tx_bytes_per_s          all interfaces but loopback
     open_fds max_fds        system-wide file handles (/proc/sys/fs/file-nr)
-    tcp_states              {"established": n, "time_wait": n, "listen": n, ...}
+    tcp_states              {"established": n, "time_wait": n, "listen": n, ...} (probe: sock_diag, else /proc/net/tcp)
     filesystems             [{mount, fstype, used_pct, free_bytes, inodes_used_pct}] (<= 32)
 
 A reading that fails (no PSI, no ``/proc/net/tcp``) leaves its keys out or
@@ -152,7 +152,7 @@ class MetricsSampler:
         out["open_fds"] = fds[0] - fds[1] if fds else None
         out["max_fds"] = fds[2] if fds else None
 
-        out["tcp_states"] = self._soft("tcp_states", lambda: procfs.tcp_state_counts(self.proc_root)) or {}
+        out["tcp_states"] = self._soft("tcp_states", self.probe.tcp_state_counts) or {}
         out["filesystems"] = self._filesystems()
         self._prev_mono = mono
         return out

@@ -93,6 +93,13 @@ def test_probe_reads_this_process() -> None:
     assert probe.uname()["sysname"] == "Linux"
 
 
+def test_tcp_state_counts_see_our_listener(listener: int) -> None:
+    from hostdiag.agent import procfs
+
+    assert SystemProbe().tcp_state_counts()["listen"] >= 1  # sock_diag netlink where allowed
+    assert procfs.tcp_state_counts()["listen"] >= 1
+
+
 def test_processes_source_sees_a_child_and_its_environment(child: subprocess.Popen[bytes]) -> None:
     ctx = make_ctx(SystemProbe())
     notes = run("processes", ctx, cpu_sample_s=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hostdiag.agent.probe import (
     FakeProcess,
     NoSuchProcess,
     SystemProbe,
+    count_diag_states,
 )
 from hostdiag.agent.procfs import PAGE_SIZE_BYTES
 
@@ -202,3 +204,30 @@ def test_username_unavailable_when_uids_are() -> None:
     info, unavailable = SystemProbe().process_info(Handle(), ["username"])
     assert info == {"username": None}
     assert unavailable == {"username"}
+
+
+def _diag_msg(state: int) -> bytes:
+    # nlmsghdr (16 bytes) + inet_diag_msg (72 bytes): family, state, timer, retrans, sockid, ...
+    body = struct.pack("=BBBB", 2, state, 0, 0) + bytes(68)
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+
+
+def test_count_diag_states_counts_each_socket_until_done() -> None:
+    counts = [0] * 16
+    buf = _diag_msg(10) + _diag_msg(1) + _diag_msg(1) + _diag_msg(6)
+    assert count_diag_states(buf, counts) is False  # more datagrams to come
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + struct.pack("=i", 0)
+    assert count_diag_states(_diag_msg(1) + done, counts) is True
+    assert counts[1] == 3 and counts[10] == 1 and counts[6] == 1
+
+
+def test_count_diag_states_raises_on_a_netlink_error() -> None:
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -errno.EPERM) + bytes(16)
+    with pytest.raises(OSError) as info:
+        count_diag_states(error, [0] * 16)
+    assert info.value.errno == errno.EPERM
+
+
+def test_tcp_state_counts_read_proc_root_when_not_the_real_proc(fixtures_dir: Path) -> None:
+    counts = SystemProbe(proc_root=str(fixtures_dir / "proc")).tcp_state_counts()
+    assert counts["listen"] == 3 and counts["close_wait"] == 1

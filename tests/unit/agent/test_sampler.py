@@ -29,6 +29,7 @@ def metrics_probe() -> FakeProbe:
         cpu={"user": 100.0, "nice": 0.0, "system": 50.0, "idle": 800.0, "iowait": 10.0, "irq": 0.0,
              "softirq": 0.0, "steal": 0.0, "guest": 0.0},
         loadavg=(1.5, 1.0, 0.5),
+        tcp_states={"established": 3, "time_wait": 1, "listen": 3},
         memory={"total": 8 * 2**30, "available": 6 * 2**30, "used": 2 * 2**30},
         swap={"total": 2**30, "used": 2**20, "free": 2**30 - 2**20},
         disk_io={"read_bytes": 1_000_000, "write_bytes": 2_000_000},
@@ -72,7 +73,7 @@ def test_first_metrics_sample_has_levels_but_no_rates(fixtures_dir: Path) -> Non
     assert s["psi_io_full_avg10"] == 0.1
     assert s["open_fds"] == 12544
     assert s["max_fds"] == 9223372036854775807
-    assert s["tcp_states"]["listen"] == 3 and s["tcp_states"]["established"] == 3
+    assert s["tcp_states"] == {"established": 3, "time_wait": 1, "listen": 3}
     orjson.dumps(s)  # JSON-able as it is
 
 
