@@ -24,6 +24,7 @@ from typing import Any
 
 import hostdiag
 from hostdiag.agent.api import ApiError, LocalApiServer
+from hostdiag.agent.bundle import remove_stale_temp
 from hostdiag.agent.config import AgentConfig, ConfigError, load_config
 from hostdiag.agent.logsetup import setup_logging
 from hostdiag.agent.recorder.recorder import FlightRecorder
@@ -182,6 +183,9 @@ class Agent:
                     last_ping = loop.time()
 
     async def run(self, stop: asyncio.Event) -> None:
+        removed = remove_stale_temp(self.config.bundle_dir) if os.path.isdir(self.config.bundle_dir) else []
+        if removed:
+            log.info("removed temporary bundle files left by a crash", extra={"event": "stale_temp_removed", "count": len(removed)})
         await self.api.start()
         log.info(
             "agent started",

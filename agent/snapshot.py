@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import hostdiag
-from hostdiag.agent.bundle import BundleInfo, BundleWriter
+from hostdiag.agent.bundle import BundleInfo, BundleWriteError, BundleWriter
 from hostdiag.agent.config import AgentConfig
 from hostdiag.agent.sources import REGISTRY
 from hostdiag.agent.sources.base import RecorderView, SnapshotContext, SourceSkipped
@@ -105,6 +106,12 @@ async def take_snapshot(
     window_s = _window(config, request)
     now = clock()
     loop = asyncio.get_running_loop()
+    try:
+        os.makedirs(out_dir, mode=0o750, exist_ok=True)
+    except OSError as exc:
+        raise BundleWriteError(
+            f"cannot create bundle directory {out_dir}: {exc.strerror or exc}", path=out_dir, errno=exc.errno
+        ) from None
     writer = BundleWriter(
         out_dir,
         host_id=config.host_id,
