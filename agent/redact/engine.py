@@ -1,25 +1,813 @@
-"""Placeholder engine: replaced by the real rule engine."""
+"""The redaction rule engine.
+
+Rules are data (``rules.toml`` next to this module, plus an optional extra file
+in the same format); this module loads and validates them and runs them fast.
+
+How a block of text is redacted
+-------------------------------
+
+1. The block is lower-cased once and searched for every rule keyword in one
+   pass (an Aho-Corasick automaton from ``ahocorasick_rs`` when installed,
+   otherwise one ``str.find`` scan per keyword).  A block without any keyword
+   is returned unchanged after that single scan.
+2. Each hit is widened to its enclosing line; a candidate line is searched only
+   with the rules whose own keywords occur in it.
+3. ``block`` rules (PEM private keys) replace every body line between their
+   BEGIN and END lines, keeping the BEGIN/END lines themselves.
+4. All claims are merged: overlapping claims become one replacement, named
+   after the widest claim (ties: the rule listed first).  Each replacement is
+   ``[REDACTED:<rule-name>]`` and counts one hit for that rule.
+
+Guarantees: the number and position of line breaks never change; text that is
+already a marker is never claimed again, so redaction is idempotent; no input
+makes it raise.
+"""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
-__all__ = ["Redactor", "load_redactor"]
+from hostdiag.agent.configfile import ConfigError, read_toml
+
+try:  # optional accelerator for the keyword prefilter
+    import ahocorasick_rs as _ahocorasick
+except ImportError:  # pragma: no cover - exercised where the wheel is absent
+    _ahocorasick = None
+
+__all__ = [
+    "BUILTIN_RULES_FILE",
+    "MARKER_RE",
+    "Redactor",
+    "StreamRedactor",
+    "load_redactor",
+    "prefilter_backend",
+]
+
+#: Any marker this engine writes.
+MARKER_RE = re.compile(r"\[REDACTED:[a-z0-9]+(?:-[a-z0-9]+)*\]")
+
+#: Where the built-in rules live (shipped as package data).
+BUILTIN_RULES_FILE = "rules.toml"
+
+_NAME_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_FLAG_BITS = {"i": re.IGNORECASE, "s": re.DOTALL, "m": re.MULTILINE, "x": re.VERBOSE, "a": re.ASCII}
+_KINDS = ("text", "block", "name", "argv")
+_COMMON_KEYS = {"name", "description", "kind"}
+_KEYS_BY_KIND = {
+    "text": _COMMON_KEYS | {"keywords", "always", "pattern", "secret_group", "flags"},
+    "block": _COMMON_KEYS | {"keywords", "always", "pattern", "end_pattern", "max_lines", "flags"},
+    "name": _COMMON_KEYS | {"pattern", "flags"},
+    "argv": _COMMON_KEYS | {"tool"},
+}
+_TOOL_KEYS = {"programs", "attached", "separate", "subcommands", "secret_after"}
+_ENV_ASSIGN_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+_BLANK = " \t\r\f\v"
 
 
-class Redactor:
-    rule_names: tuple[str, ...] = ()
+# --------------------------------------------------------------------- rules --
 
-    def redact(self, text: str, counts: collections.Counter[str] | None = None) -> str:
-        return text
 
-    def redact_argv(self, argv: Iterable[str], counts: collections.Counter[str] | None = None) -> list[str]:
-        return list(argv)
+@dataclass(frozen=True)
+class _TextRule:
+    name: str
+    priority: int
+    keywords: tuple[str, ...]
+    always: bool
+    regex: re.Pattern[str]
+    groups: tuple[int | str, ...]
+    marker: str
 
-    def redact_env(self, env: Mapping[str, str], counts: collections.Counter[str] | None = None) -> dict[str, str]:
-        return dict(env)
+
+@dataclass(frozen=True)
+class _BlockRule:
+    name: str
+    priority: int
+    keywords: tuple[str, ...]
+    always: bool
+    begin: re.Pattern[str]
+    end: re.Pattern[str]
+    max_lines: int
+    marker: str
+
+
+@dataclass(frozen=True)
+class _NameRule:
+    name: str
+    priority: int
+    regex: re.Pattern[str]
+    marker: str
+
+
+@dataclass(frozen=True)
+class _Tool:
+    programs: frozenset[str]
+    attached: tuple[str, ...]
+    separate: frozenset[str]
+    subcommands: frozenset[str]
+    secret_after: str
+
+
+@dataclass(frozen=True)
+class _ArgvRule:
+    name: str
+    priority: int
+    tools: tuple[_Tool, ...]
+    marker: str
+
+
+_Rule = _TextRule | _BlockRule | _NameRule | _ArgvRule
+
+
+@dataclass
+class _OpenBlock:
+    """A block rule whose END has not been seen yet (stream state)."""
+
+    rule: _BlockRule
+    lines_left: int
+    counted: bool
+
+
+# A claim on a span of text: (start, end, priority, marker, name, counts).
+_Claim = tuple[int, int, int, str, str, bool]
+
+
+# ------------------------------------------------------------------ loading --
 
 
 def load_redactor(rules_file: str = "", disable: Iterable[str] = ()) -> Redactor:
-    return Redactor()
+    """The built-in rules, plus the rules of ``rules_file`` if given.
+
+    ``disable`` names built-in rules to turn off.  Any problem in the extra file
+    (or an unknown name in ``disable``) raises :class:`ConfigError` naming the
+    file, the rule and what is wrong.
+    """
+    builtin_path = str(resources.files("hostdiag.agent.redact").joinpath(BUILTIN_RULES_FILE))
+    data = read_toml(builtin_path)
+    builtin, placeholders = _parse_file(data, builtin_path, builtin=True, taken=set())
+    disabled = _as_names(disable)
+    known = {r.name for r in builtin}
+    for name in disabled:
+        if name not in known:
+            where = rules_file or builtin_path
+            raise ConfigError(
+                where, "redaction.disable",
+                f"unknown rule name {name!r} (built-in rules: {', '.join(r.name for r in builtin)})",
+            )
+    rules: list[_Rule] = [r for r in builtin if r.name not in disabled]
+    if rules_file:
+        extra, _ = _parse_file(read_toml(rules_file), rules_file, builtin=False, taken=set(known),
+                               first_priority=len(builtin))
+        rules.extend(extra)
+    return Redactor(rules, placeholders)
+
+
+def _as_names(disable: Iterable[str]) -> set[str]:
+    if isinstance(disable, str):  # a single name is a common slip; accept it
+        return {disable}
+    return {str(n) for n in disable}
+
+
+def _parse_file(
+    data: dict[str, Any], file: str, *, builtin: bool, taken: set[str], first_priority: int = 0
+) -> tuple[list[_Rule], re.Pattern[str] | None]:
+    allowed_top = {"rule", "placeholders"} if builtin else {"rule"}
+    for key in data:
+        if key not in allowed_top:
+            raise ConfigError(file, key, f"unknown key (known keys here: {', '.join(sorted(allowed_top))})")
+    placeholders = None
+    if "placeholders" in data:
+        placeholders = _compile(file, "placeholders", data["placeholders"], "")
+    raw_rules = data.get("rule", [])
+    if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
+        raise ConfigError(file, "rule", "expected an array of tables ([[rule]])")
+    rules: list[_Rule] = []
+    for i, raw in enumerate(raw_rules):
+        rule = _parse_rule(raw, file, i, first_priority + i)
+        if rule.name in taken:
+            raise ConfigError(file, _where(i, rule.name, "name"), f"duplicate rule name {rule.name!r}")
+        taken.add(rule.name)
+        rules.append(rule)
+    return rules, placeholders
+
+
+def _where(index: int, name: str | None, key: str = "") -> str:
+    label = f"rule[{index}]" + (f" ({name})" if name else "")
+    return f"{label}.{key}" if key else label
+
+
+def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _Rule:
+    name_value = raw.get("name")
+    name = name_value if isinstance(name_value, str) and name_value else None
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(file, _where(index, name, key), message)
+
+    def get(key: str, kind: type | tuple[type, ...], what: str, required: bool = False, default: Any = None) -> Any:
+        if key not in raw:
+            if required:
+                raise fail(key, "is required")
+            return default
+        value = raw[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise fail(key, f"expected {what}, got {value!r}")
+        if not isinstance(value, kind):
+            raise fail(key, f"expected {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    kind = get("kind", str, "a string", default="text")
+    if kind not in _KINDS:
+        raise fail("kind", f"must be one of {', '.join(repr(k) for k in _KINDS)}, got {kind!r}")
+    for key in raw:
+        if key not in _KEYS_BY_KIND[kind]:
+            known = ", ".join(sorted(_KEYS_BY_KIND[kind]))
+            raise fail(key, f"unknown key for a {kind} rule (known keys: {known})")
+    get("name", str, "a string", required=True)
+    if name is None or not _NAME_RE.fullmatch(name):
+        raise fail("name", f"must be kebab-case (lowercase letters, digits and '-'), got {name_value!r}")
+    description = get("description", str, "a string", required=True)
+    if not description.strip():
+        raise fail("description", "must not be empty")
+    marker = f"[REDACTED:{name}]"
+
+    if kind == "argv":
+        tools_raw = get("tool", list, "an array of tables ([[rule.tool]])", required=True)
+        if not tools_raw:
+            raise fail("tool", "must not be empty")
+        tools = tuple(_parse_tool(t, fail, j) for j, t in enumerate(tools_raw))
+        return _ArgvRule(name, priority, tools, marker)
+
+    flags_text = get("flags", str, "a string of flag letters", default="")
+    pattern = get("pattern", str, "a string (a Python regular expression)", required=True)
+    regex = _compile(file, _where(index, name, "pattern"), pattern, flags_text)
+
+    if kind == "name":
+        return _NameRule(name, priority, regex, marker)
+
+    always = get("always", bool, "true or false", default=False)
+    keywords_raw = get("keywords", list, "an array of strings", required=not always, default=[])
+    keywords: list[str] = []
+    for j, kw in enumerate(keywords_raw):
+        if not isinstance(kw, str):
+            raise fail(f"keywords[{j}]", f"expected a string, got {type(kw).__name__} {kw!r}")
+        if not kw:
+            raise fail(f"keywords[{j}]", "must not be empty")
+        if kw != kw.lower():
+            raise fail(f"keywords[{j}]", f"must be lowercase (the prefilter runs on lower-cased text), got {kw!r}")
+        if "\n" in kw or "\r" in kw:
+            raise fail(f"keywords[{j}]", "must not contain a line break")
+        keywords.append(kw)
+    if not keywords and not always:
+        raise fail("keywords", "must not be empty (or set always = true, which makes every line pay for this rule)")
+
+    if kind == "block":
+        end_text = get("end_pattern", str, "a string (a Python regular expression)", required=True)
+        end = _compile(file, _where(index, name, "end_pattern"), end_text, flags_text)
+        if end.search("") is not None:
+            raise fail("end_pattern", "can match the empty string")
+        max_lines = get("max_lines", int, "an integer", default=200)
+        if not 1 <= max_lines <= 100_000:
+            raise fail("max_lines", f"must be between 1 and 100000, got {max_lines}")
+        if regex.search("") is not None:
+            raise fail("pattern", "can match the empty string")
+        return _BlockRule(name, priority, tuple(keywords), always, regex, end, max_lines, marker)
+
+    groups_raw = get("secret_group", (int, str, list), "a group number, a group name or a list of them", default=0)
+    groups_list = groups_raw if isinstance(groups_raw, list) else [groups_raw]
+    if not groups_list:
+        raise fail("secret_group", "must not be an empty list")
+    groups: list[int | str] = []
+    for g in groups_list:
+        if isinstance(g, bool) or not isinstance(g, (int, str)):
+            raise fail("secret_group", f"expected a group number or name, got {g!r}")
+        if isinstance(g, int) and not 0 <= g <= regex.groups:
+            raise fail("secret_group", f"group {g} does not exist (the pattern has {regex.groups} groups)")
+        if isinstance(g, str) and g not in regex.groupindex:
+            names = ", ".join(regex.groupindex) or "none"
+            raise fail("secret_group", f"group {g!r} does not exist (named groups: {names})")
+        groups.append(g)
+    if regex.search("") is not None:
+        raise fail("pattern", "can match the empty string")
+    return _TextRule(name, priority, tuple(keywords), always, regex, tuple(groups), marker)
+
+
+def _parse_tool(raw: Any, fail: Any, j: int) -> _Tool:
+    if not isinstance(raw, dict):
+        raise fail(f"tool[{j}]", "expected a table")
+    for key in raw:
+        if key not in _TOOL_KEYS:
+            raise fail(f"tool[{j}].{key}", f"unknown key (known keys: {', '.join(sorted(_TOOL_KEYS))})")
+
+    def strings(key: str, required: bool = False) -> list[str]:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise fail(f"tool[{j}].{key}", "is required")
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise fail(f"tool[{j}].{key}", "expected an array of non-empty strings")
+        return value
+
+    programs = strings("programs", required=True)
+    if not programs:
+        raise fail(f"tool[{j}].programs", "must not be empty")
+    attached, separate = strings("attached"), strings("separate")
+    if not attached and not separate:
+        raise fail(f"tool[{j}]", "needs 'attached' or 'separate' flags")
+    secret_after = raw.get("secret_after", "")
+    if not isinstance(secret_after, str):
+        raise fail(f"tool[{j}].secret_after", "expected a string")
+    return _Tool(
+        programs=frozenset(p.lower() for p in programs),
+        attached=tuple(sorted(attached, key=len, reverse=True)),
+        separate=frozenset(separate),
+        subcommands=frozenset(strings("subcommands")),
+        secret_after=secret_after,
+    )
+
+
+def _compile(file: str, key: str, pattern: Any, flags_text: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str):
+        raise ConfigError(file, key, f"expected a string (a Python regular expression), got {pattern!r}")
+    flags = 0
+    for letter in flags_text:
+        if letter not in _FLAG_BITS:
+            raise ConfigError(file, key.rsplit(".", 1)[0] + ".flags" if "." in key else "flags",
+                              f"unknown flag {letter!r} (allowed: {', '.join(_FLAG_BITS)})")
+        flags |= _FLAG_BITS[letter]
+    try:
+        return re.compile(pattern, flags)
+    except re.error as exc:
+        raise ConfigError(file, key, f"is not a valid regular expression: {exc}") from None
+
+
+# ---------------------------------------------------------------- prefilter --
+
+
+def _minimal_literals(keywords: Iterable[str]) -> list[str]:
+    """Keywords that contain no other keyword: finding these finds them all."""
+    unique = sorted(set(keywords), key=len)
+    kept: list[str] = []
+    for kw in unique:
+        if not any(k in kw for k in kept):
+            kept.append(kw)
+    return kept
+
+
+class _Prefilter:
+    """Finds the lines of a lower-cased text that contain any keyword."""
+
+    def __init__(self, keywords: Iterable[str], use_automaton: bool = True) -> None:
+        literals = _minimal_literals(keywords)
+        # Single characters are found with memchr-speed str.find; they would
+        # also slow the automaton's SIMD search down badly.
+        self.chars = [k for k in literals if len(k) == 1]
+        self.words = [k for k in literals if len(k) > 1]
+        self._bytes_ac: Any = None
+        self._str_ac: Any = None
+        if use_automaton and _ahocorasick is not None and self.words:
+            kind = _ahocorasick.MatchKind.LeftmostFirst
+            # Pure-ASCII text (the common case) is searched as bytes, which is
+            # several times faster; its byte offsets are character offsets.
+            if all(w.isascii() for w in self.words):
+                self._bytes_ac = _ahocorasick.BytesAhoCorasick([w.encode() for w in self.words], matchkind=kind)
+            self._str_ac = _ahocorasick.AhoCorasick(self.words, matchkind=kind)
+
+    @property
+    def backend(self) -> str:
+        return "aho-corasick" if self._str_ac is not None else "str.find"
+
+    def positions(self, low: str, ascii_text: bool) -> list[int]:
+        hits: list[int] = []
+        if self.words:
+            found = False
+            if ascii_text and self._bytes_ac is not None:
+                hits = [h[1] for h in self._bytes_ac.find_matches_as_indexes(low.encode("ascii"))]
+                found = True
+            elif self._str_ac is not None:
+                try:
+                    hits = [h[1] for h in self._str_ac.find_matches_as_indexes(low)]
+                    found = True
+                except (UnicodeError, ValueError):  # lone surrogates: scan with str.find
+                    hits = []
+            if not found:
+                hits = self._scan(low, self.words)
+        if self.chars:
+            hits.extend(self._scan(low, self.chars))
+            hits.sort()
+        return hits
+
+    @staticmethod
+    def _scan(low: str, literals: Sequence[str]) -> list[int]:
+        hits: list[int] = []
+        find = low.find
+        for lit in literals:
+            i = find(lit)
+            while i >= 0:
+                hits.append(i)
+                # one hit per line is enough: continue after this line
+                nl = find("\n", i)
+                if nl < 0:
+                    break
+                i = find(lit, nl)
+        hits.sort()
+        return hits
+
+
+def prefilter_backend() -> str:
+    """``"aho-corasick"`` when the accelerated keyword search is available, else ``"str.find"``."""
+    return "aho-corasick" if _ahocorasick is not None else "str.find"
+
+
+def _lower(text: str) -> str:
+    low = text.lower()
+    if len(low) != len(text):
+        # U+0130 (I with dot above) is the one character whose lower case is
+        # two code points; positions must line up with the original text.
+        low = text.replace("\u0130", "I").lower()
+    return low
+
+
+# ---------------------------------------------------------------- redactor --
+
+
+class Redactor:
+    """Applies a validated rule set; build it with :func:`load_redactor`."""
+
+    def __init__(self, rules: Sequence[_Rule] = (), placeholders: re.Pattern[str] | None = None,
+                 *, use_automaton: bool = True) -> None:
+        self._rules = tuple(rules)
+        self.rule_names: tuple[str, ...] = tuple(r.name for r in self._rules)
+        self._text_rules = tuple(r for r in self._rules if isinstance(r, _TextRule))
+        self._block_rules = tuple(r for r in self._rules if isinstance(r, _BlockRule))
+        self._name_rules = tuple(r for r in self._rules if isinstance(r, _NameRule))
+        self._argv_rules = tuple(r for r in self._rules if isinstance(r, _ArgvRule))
+        self._placeholders = placeholders
+        keywords = [k for r in (*self._text_rules, *self._block_rules) for k in r.keywords]
+        self._prefilter = _Prefilter(keywords, use_automaton=use_automaton)
+        self._every_line = any(r.always for r in (*self._text_rules, *self._block_rules))
+        self._tools_by_program: dict[str, list[tuple[_Tool, _ArgvRule]]] = {}
+        for rule in self._argv_rules:
+            for tool in rule.tools:
+                for program in tool.programs:
+                    self._tools_by_program.setdefault(program, []).append((tool, rule))
+
+    @property
+    def prefilter_backend(self) -> str:
+        return self._prefilter.backend
+
+    # -- public API -----------------------------------------------------------
+
+    def redact(self, text: str, counts: collections.Counter[str] | None = None) -> str:
+        """``text`` with every secret replaced by ``[REDACTED:<rule>]``."""
+        if not isinstance(text, str):
+            text = str(text)
+        return self._redact(text, counts, None)
+
+    def stream(self) -> StreamRedactor:
+        """A redactor for consecutive blocks of one log file (see :class:`StreamRedactor`)."""
+        return StreamRedactor(self)
+
+    def redact_argv(self, argv: Iterable[str], counts: collections.Counter[str] | None = None) -> list[str]:
+        """A process command line with secret options and values replaced, one element per argument."""
+        args = [a if isinstance(a, str) else str(a) for a in argv]
+        out = list(args)
+        tools: list[tuple[_Tool, _ArgvRule]] = []
+        waiting: list[tuple[_Tool, _ArgvRule]] = []  # tools still waiting for their subcommand
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            program = _program_name(arg)
+            if program in self._tools_by_program:
+                found = self._tools_by_program[program]
+                tools = [t for t in found if not t[0].subcommands]
+                waiting = [t for t in found if t[0].subcommands]
+            elif waiting and arg in {s for t, _ in waiting for s in t.subcommands}:
+                tools = tools + [t for t in waiting if arg in t[0].subcommands]
+                waiting = []
+            consumed = self._argv_tool_option(args, out, i, tools, counts)
+            if consumed == 0:
+                consumed = self._argv_named_option(args, out, i, counts)
+            for k in range(i, i + max(consumed, 1)):
+                out[k] = self._redact(out[k], counts, None)
+            i += max(consumed, 1)
+        return out
+
+    def redact_env(self, env: Mapping[str, str], counts: collections.Counter[str] | None = None) -> dict[str, str]:
+        """An environment with secret-named variables blanked and every other value redacted as text."""
+        out: dict[str, str] = {}
+        for name, value in env.items():
+            name_s = name if isinstance(name, str) else str(name)
+            value_s = value if isinstance(value, str) else str(value)
+            rule = self._secret_name_rule(name_s)
+            if rule is not None:
+                out[name_s] = self._replace_whole(value_s, rule.marker, rule.name, counts)
+            else:
+                out[name_s] = self._redact(value_s, counts, None)
+        return out
+
+    # -- names and arguments ----------------------------------------------------
+
+    def _secret_name_rule(self, name: str) -> _NameRule | None:
+        for rule in self._name_rules:
+            if rule.regex.search(name):
+                return rule
+        return None
+
+    def _replace_whole(self, value: str, marker: str, name: str, counts: collections.Counter[str] | None) -> str:
+        if not value or value == marker or MARKER_RE.fullmatch(value) or self._is_placeholder(value):
+            return value
+        if counts is not None:
+            counts[name] += 1
+        return marker
+
+    def _argv_tool_option(self, args: list[str], out: list[str], i: int,
+                          tools: list[tuple[_Tool, _ArgvRule]], counts: collections.Counter[str] | None) -> int:
+        arg = args[i]
+        for tool, rule in tools:
+            if arg in tool.separate and i + 1 < len(args):
+                out[i + 1] = self._replace_tool_value(args[i + 1], tool, rule, counts)
+                return 2
+            for prefix in tool.attached:
+                if arg.startswith(prefix) and len(arg) > len(prefix):
+                    out[i] = prefix + self._replace_tool_value(arg[len(prefix):], tool, rule, counts)
+                    return 1
+        return 0
+
+    def _replace_tool_value(self, value: str, tool: _Tool, rule: _ArgvRule,
+                            counts: collections.Counter[str] | None) -> str:
+        if tool.secret_after:
+            head, sep, secret = value.partition(tool.secret_after)
+            if not sep:
+                return value
+            return head + sep + self._replace_whole(secret, rule.marker, rule.name, counts)
+        return self._replace_whole(value, rule.marker, rule.name, counts)
+
+    def _argv_named_option(self, args: list[str], out: list[str], i: int,
+                           counts: collections.Counter[str] | None) -> int:
+        if not self._name_rules:
+            return 0
+        arg = args[i]
+        if arg.startswith("-") and len(arg) > 2 and arg != "--":
+            body = arg.lstrip("-")
+            name, eq, value = body.partition("=")
+            if not name or len(name) < 2:
+                return 0
+            rule = self._secret_name_rule(name.replace("-", "_"))
+            if rule is None:
+                return 0
+            if eq:
+                out[i] = arg[: len(arg) - len(value)] + self._replace_whole(value, rule.marker, rule.name, counts)
+                return 1
+            if i + 1 < len(args) and not args[i + 1].startswith("-"):
+                out[i + 1] = self._replace_whole(args[i + 1], rule.marker, rule.name, counts)
+                return 2
+            return 1
+        m = _ENV_ASSIGN_RE.match(arg)
+        if m:
+            rule = self._secret_name_rule(m.group(1))
+            if rule is not None:
+                out[i] = arg[: m.end()] + self._replace_whole(arg[m.end():], rule.marker, rule.name, counts)
+                return 1
+        return 0
+
+    # -- text -----------------------------------------------------------------
+
+    def _is_placeholder(self, secret: str) -> bool:
+        return self._placeholders is not None and self._placeholders.fullmatch(secret) is not None
+
+    def _redact(self, text: str, counts: collections.Counter[str] | None, state: StreamRedactor | None) -> str:
+        n = len(text)
+        if n == 0:
+            return text
+        claims: list[_Claim] = []
+        covered = 0  # text before this offset belongs to an already handled block
+        if state is not None and state._open is not None:
+            covered = self._continue_block(text, state, claims)
+        low = _lower(text)
+        lines = self._candidate_lines(low, text.isascii())
+        if not lines and not claims:
+            return text
+        if self._block_rules and lines:
+            self._claim_blocks(text, low, lines, covered, state, claims)
+        if self._text_rules and lines:
+            self._claim_text(text, low, lines, claims)
+        if not claims:
+            return text
+        return _apply(text, claims, counts)
+
+    def _candidate_lines(self, low: str, ascii_text: bool) -> list[tuple[int, int]]:
+        n = len(low)
+        if self._every_line:
+            return list(_all_lines(low))
+        lines: list[tuple[int, int]] = []
+        line_end = -1
+        rfind, find = low.rfind, low.find
+        for pos in self._prefilter.positions(low, ascii_text):
+            if pos < line_end:
+                continue
+            start = rfind("\n", 0, pos) + 1
+            line_end = find("\n", pos)
+            if line_end < 0:
+                line_end = n
+            lines.append((start, line_end))
+        return lines
+
+    def _claim_text(self, text: str, low: str, lines: list[tuple[int, int]], claims: list[_Claim]) -> None:
+        rules = self._text_rules
+        is_placeholder = self._is_placeholder
+        for start, end in lines:
+            line = text[start:end]
+            low_line = low[start:end]
+            markers = None
+            if "[redacted:" in low_line:
+                markers = [m.span() for m in MARKER_RE.finditer(line)]
+            for rule in rules:
+                if not rule.always:
+                    for kw in rule.keywords:
+                        if kw in low_line:
+                            break
+                    else:
+                        continue
+                for m in rule.regex.finditer(line):
+                    s = e = -1
+                    for g in rule.groups:
+                        s, e = m.span(g)
+                        if s >= 0:
+                            break
+                    if e <= s:
+                        continue
+                    if markers and any(s < me and ms < e for ms, me in markers):
+                        continue
+                    if is_placeholder(line[s:e]):
+                        continue
+                    claims.append((start + s, start + e, rule.priority, rule.marker, rule.name, True))
+
+    def _claim_blocks(self, text: str, low: str, lines: list[tuple[int, int]], covered: int,
+                      state: StreamRedactor | None, claims: list[_Claim]) -> None:
+        for start, end in lines:
+            if end <= covered:
+                continue
+            low_line = low[start:end]
+            for rule in self._block_rules:
+                if not rule.always and not any(kw in low_line for kw in rule.keywords):
+                    continue
+                while covered < end:
+                    m = rule.begin.search(text, max(start, covered), end)
+                    if m is None:
+                        break
+                    covered = self._claim_block_body(text, rule, m.end(), None, state, claims)
+                if covered >= end:
+                    break
+
+    def _claim_block_body(self, text: str, rule: _BlockRule, body_start: int, open_block: _OpenBlock | None,
+                          state: StreamRedactor | None, claims: list[_Claim]) -> int:
+        """Claim body lines from ``body_start`` to the END (or the line limit); return where it stopped."""
+        n = len(text)
+        if open_block is None:
+            # The rest of the BEGIN line is body too but does not count as a line.
+            nl = text.find("\n", body_start)
+            if nl < 0:
+                limit, walked, hit_end = n, 0, True
+            else:
+                limit, walked, hit_end = _advance_lines(text, nl + 1, rule.max_lines, fallback=nl)
+            lines_left = rule.max_lines - walked
+            counted = False
+        else:
+            limit, walked, hit_end = _advance_lines(text, 0, open_block.lines_left, fallback=0)
+            lines_left = open_block.lines_left - walked
+            counted = open_block.counted
+        m = rule.end.search(text, body_start, limit)
+        body_end = m.start() if m else limit
+        counted = _claim_segments(text, body_start, body_end, rule, counted, claims)
+        if state is not None:
+            if m is None and hit_end and lines_left > 0:
+                state._open = _OpenBlock(rule, lines_left, counted)
+            else:
+                state._open = None
+        return m.end() if m else max(limit, body_start)
+
+    def _continue_block(self, text: str, state: StreamRedactor, claims: list[_Claim]) -> int:
+        open_block = state._open
+        assert open_block is not None
+        return self._claim_block_body(text, open_block.rule, 0, open_block, state, claims)
+
+
+class StreamRedactor:
+    """Redacts consecutive blocks of one log file, remembering an open PEM block.
+
+    A private key whose BEGIN line is in one block and whose body continues in
+    the next is redacted in both; the key counts one hit.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._open: _OpenBlock | None = None
+
+    @property
+    def in_block(self) -> bool:
+        """True while the stream is inside a private-key block."""
+        return self._open is not None
+
+    def redact(self, block: str, counts: collections.Counter[str] | None = None) -> str:
+        if not isinstance(block, str):
+            block = str(block)
+        return self._redactor._redact(block, counts, self)
+
+    def reset(self) -> None:
+        """Forget any open block (e.g. after the file was truncated or replaced)."""
+        self._open = None
+
+
+# ------------------------------------------------------------------ helpers --
+
+
+def _program_name(arg: str) -> str:
+    base = arg.rsplit("/", 1)[-1].rsplit("\\", 1)[-1].lower()
+    return base[:-4] if base.endswith(".exe") else base
+
+
+def _all_lines(low: str) -> Iterator[tuple[int, int]]:
+    start = 0
+    n = len(low)
+    while start <= n:
+        end = low.find("\n", start)
+        if end < 0:
+            end = n
+        if end > start:
+            yield start, end
+        start = end + 1
+
+
+def _advance_lines(text: str, pos: int, count: int, fallback: int) -> tuple[int, int, bool]:
+    """Walk ``count`` lines from line start ``pos``: (end offset, lines walked, reached end of text)."""
+    n = len(text)
+    end = fallback
+    walked = 0
+    while walked < count:
+        if pos >= n:
+            return n, walked, True
+        nl = text.find("\n", pos)
+        if nl < 0:
+            return n, walked + 1, True
+        walked += 1
+        end = nl
+        pos = nl + 1
+    return end, walked, False
+
+
+def _claim_segments(text: str, start: int, end: int, rule: _BlockRule, counted: bool,
+                    claims: list[_Claim]) -> bool:
+    """Claim the non-blank part of each line of ``text[start:end]``; return whether the block was counted."""
+    marker = rule.marker
+    pos = start
+    while pos < end:
+        nl = text.find("\n", pos, end)
+        seg_end = end if nl < 0 else nl
+        s, e = pos, seg_end
+        while s < e and text[s] in _BLANK:
+            s += 1
+        while e > s and text[e - 1] in _BLANK:
+            e -= 1
+        if e > s and text[s:e] != marker:
+            claims.append((s, e, rule.priority, marker, rule.name, not counted))
+            counted = True
+        pos = seg_end + 1
+    return counted
+
+
+def _apply(text: str, claims: list[_Claim], counts: collections.Counter[str] | None) -> str:
+    claims.sort(key=lambda c: (c[0], -c[1], c[2]))
+    out: list[str] = []
+    last = 0
+    i, total = 0, len(claims)
+    while i < total:
+        best = claims[i]
+        start, end = best[0], best[1]
+        j = i + 1
+        while j < total and claims[j][0] < end:
+            c = claims[j]
+            if c[1] > end:
+                end = c[1]
+            width, best_width = c[1] - c[0], best[1] - best[0]
+            if width > best_width or (width == best_width and c[2] < best[2]):
+                best = c
+            j += 1
+        out.append(text[last:start])
+        out.append(best[3])
+        last = end
+        if counts is not None and best[5]:
+            counts[best[4]] += 1
+        i = j
+    out.append(text[last:])
+    return "".join(out)
+
+
+def builtin_rules_path() -> str:
+    """Filesystem path of the built-in rules file."""
+    return str(resources.files("hostdiag.agent.redact").joinpath(BUILTIN_RULES_FILE))
+
