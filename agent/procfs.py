@@ -203,18 +203,19 @@ def read_environ(pid: int, proc_root: str = "/proc") -> dict[str, str]:
 
     Raises ``PermissionError`` when not allowed (another user's process without
     privileges) and ``ProcessLookupError`` when the process is gone.  A kernel
-    thread or a zombie gives an empty dict.
+    thread or a zombie gives an empty dict (the kernel answers ESRCH for a
+    process without memory, so ESRCH alone does not mean the process is gone).
     """
     try:
         data = _read_bytes(_path(proc_root, str(pid), "environ"), limit=4 << 20)
     except FileNotFoundError:
         raise ProcessLookupError(errno.ESRCH, f"process {pid} is gone") from None
-    except ProcessLookupError:
-        raise
     except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            raise ProcessLookupError(errno.ESRCH, f"process {pid} is gone") from None
-        raise
+        if exc.errno != errno.ESRCH:
+            raise
+        if os.path.exists(_path(proc_root, str(pid), "stat")):
+            return {}  # a kernel thread, or a process exiting: no environment to read
+        raise ProcessLookupError(errno.ESRCH, f"process {pid} is gone") from None
     return parse_environ(data)
 
 

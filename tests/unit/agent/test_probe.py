@@ -63,6 +63,17 @@ def test_read_environ(fixtures_dir: Path, tmp_path: Path) -> None:
         procfs.read_environ(999, str(fixtures_dir / "proc"))
 
 
+def test_read_environ_of_a_kernel_thread_is_empty(fixtures_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel answers ESRCH for a process without memory (a kernel thread) that still exists.
+    def esrch(path: str, limit: int = 0) -> bytes:
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    monkeypatch.setattr(procfs, "_read_bytes", esrch)
+    assert procfs.read_environ(100, str(fixtures_dir / "proc")) == {}
+    with pytest.raises(ProcessLookupError):
+        procfs.read_environ(999, str(fixtures_dir / "proc"))  # no /proc/999: really gone
+
+
 def test_parse_environ_odd_entries() -> None:
     assert procfs.parse_environ(b"A=1\0NOEQUALS\0B=x=y\0\0C=\xff\0") == {
         "A": "1", "NOEQUALS": "", "B": "x=y", "C": "\ufffd"
