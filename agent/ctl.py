@@ -136,7 +136,7 @@ def _collect_standalone(config: AgentConfig, args: argparse.Namespace, progress:
     async def run() -> Any:
         with concurrent.futures.ThreadPoolExecutor(config.agent.threads, thread_name_prefix="hostdiag-io") as pool:
             return await take_snapshot(
-                config, request, out_dir=out_dir, probe=SystemProbe(), redactor=redactor,
+                config, request, out_dir=out_dir, probe=SystemProbe(proc_root=config.agent.proc_root), redactor=redactor,
                 recorder=None, executor=pool, progress=progress,
             )
 

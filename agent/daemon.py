@@ -81,7 +81,7 @@ class Agent:
 
         self.config = config
         self.redactor = load_redactor(config.redaction.rules_file, config.redaction.disable)
-        self.probe = probe if probe is not None else SystemProbe()
+        self.probe = probe if probe is not None else SystemProbe(proc_root=config.agent.proc_root)
         self.notifier = notifier or Notifier()
         self.executor = concurrent.futures.ThreadPoolExecutor(config.agent.threads, thread_name_prefix="hostdiag-io")
         os.makedirs(config.data_dir, mode=0o750, exist_ok=True)
