@@ -196,9 +196,12 @@ class Collector:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        port = server.add_insecure_port(c.listen)
+        try:
+            port = server.add_insecure_port(c.listen)
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {c.listen} for gRPC")
+            raise OSError(f"cannot listen on {c.listen} for gRPC (address in use or not available)")
         self.server = server
         self.grpc_port = port
         try:
