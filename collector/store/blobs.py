@@ -134,7 +134,7 @@ class FileBlobStore(_Blocking):
             os.unlink(self.path(sha256))
 
     def list_digests_sync(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for prefix in os.listdir(self._sha_root):
             sub = os.path.join(self._sha_root, prefix)
             if os.path.isdir(sub):
