@@ -586,3 +586,24 @@ def test_health_and_reflection(tmp_path: Path) -> None:
             await call.done_writing()
 
     run(main())
+
+
+def test_silent_agent_is_dropped_and_second_hello_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path / "data", heartbeat_interval_s=1, heartbeat_timeout_s=1.5) as c:
+            silent = FakeAgent(c.channel, "quiet-1")
+            await silent.connect()
+            ended = await silent.ended(timeout_s=10)
+            assert isinstance(ended, grpc.RpcError) and ended.code() == grpc.StatusCode.UNAVAILABLE
+            assert "no message from the agent" in (ended.details() or "")
+            await eventually(lambda: _agents(c, False, []), "silent agent unregistered")
+
+            twice = FakeAgent(c.channel, "chatty-1")
+            await twice.connect()
+            await twice.send(hello=apb.Hello(host_id="chatty-1"))
+            ended = await twice.ended()
+            assert isinstance(ended, grpc.RpcError) and ended.code() == grpc.StatusCode.INVALID_ARGUMENT
+            await silent.close()
+            await twice.close()
+
+    run(main())
