@@ -393,7 +393,9 @@ class Uploader:
                 await self._session()
                 error = "the collector closed the stream"
             except asyncio.CancelledError:
-                raise
+                if _cancel_requested():
+                    raise
+                error = "the control stream was cancelled"
             except aio.AioRpcError as exc:
                 error = _rpc_error(exc)
             except _ConnectFailed as exc:
@@ -477,6 +479,8 @@ class Uploader:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._rescue_results(out)
         for task in done:
+            if task.cancelled():  # grpc cancels a call's waiters when the call is cancelled under them
+                raise _ConnectFailed("the control stream was cancelled")
             exc = task.exception()
             if exc is not None:
                 raise exc
@@ -779,6 +783,9 @@ class Uploader:
         retries = self._permanent_retries.get(item.bundle_id, 0)
         if 0 <= committed <= item.size_bytes and committed != start_offset and retries < MAX_PERMANENT_RETRIES:
             # The collector's committed offset moved: the error may be about an offset we no longer hold.
+            if len(self._permanent_retries) >= 64:  # forget bundles that were evicted meanwhile
+                for bundle_id in [b for b in self._permanent_retries if self._spool.get(b) is None]:
+                    del self._permanent_retries[bundle_id]
             self._permanent_retries[item.bundle_id] = retries + 1
             return _Failure(f"{message} (collector now has {committed} bytes committed)", code, start_offset)
         return _Failure(message, code, start_offset, permanent=True)

@@ -72,6 +72,7 @@ class Session:
     hello: pb.Hello
     outbox: asyncio.Queue[pb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     received: list[pb.ConnectRequest] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class FakeAgentService(pb_grpc.AgentServiceServicer):
@@ -118,6 +119,7 @@ class FakeAgentService(pb_grpc.AgentServiceServicer):
                 await context.write(message)
         finally:
             reader.cancel()
+            session.ended.set()
 
     # uploads
     async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: Any) -> pb.UploadResponse:
@@ -290,6 +292,8 @@ class Rig:
     snapshots: FakeSnapshots
     collector: Collector
     sleeps: list[float]
+    task: asyncio.Task[None]
+    stop_expected: bool = False
 
     @property
     def service(self) -> FakeAgentService:
@@ -323,8 +327,9 @@ async def run_rig(
         await server.start()
     task = asyncio.create_task(uploader.run())
     try:
-        await scenario(Rig(config, spool, uploader, snapshots, server, sleeps))
-        assert not task.done(), "the uploader stopped on its own"
+        rig = Rig(config, spool, uploader, snapshots, server, sleeps, task)
+        await scenario(rig)
+        assert rig.stop_expected or not task.done(), "the uploader stopped on its own"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -359,6 +364,19 @@ def test_hello_says_who_the_agent_is_and_heartbeats_follow(tmp_path: Path) -> No
         assert status["last_connected_at"] is not None
         assert status["reconnects"] == 0
         assert len(rig.service.sessions) == 1, "one long-lived stream"
+
+    run(run_rig(tmp_path, scenario))
+
+
+def test_cancelling_run_closes_the_stream_and_the_channel(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        session = await eventually(lambda: rig.uploader.connected and rig.service.sessions[0], "connected")
+        rig.stop_expected = True
+        rig.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rig.task
+        await asyncio.wait_for(session.ended.wait(), DEADLINE_S)  # the collector saw the stream end
+        assert not rig.uploader.connected
 
     run(run_rig(tmp_path, scenario))
 
@@ -486,6 +504,29 @@ def test_reconnects_after_the_collector_restarts(tmp_path: Path) -> None:
         # The new session works: a command is answered.
         rig.service.command("r-after")
         await eventually(lambda: rig.service.messages("result"), "a result on the new session")
+
+    run(run_rig(tmp_path, scenario))
+
+
+def test_a_command_survives_a_collector_restart_and_its_result_arrives_on_the_next_session(tmp_path: Path) -> None:
+    async def scenario(rig: Rig) -> None:
+        await eventually(lambda: rig.uploader.connected, "connected")
+        rig.snapshots.gate = asyncio.Event()
+        rig.service.command("r-1", incident_id="INC-3")
+        await eventually(lambda: rig.snapshots.calls, "the snapshot to start")
+        await rig.collector.stop()
+        await eventually(lambda: not rig.uploader.connected, "the agent to notice")
+        rig.snapshots.gate.set()
+        await eventually(lambda: len(rig.spool) == 1, "the bundle in the spool while the collector is away")
+        await rig.collector.start()
+        [bundle] = rig.snapshots.bundles
+        await eventually(lambda: bundle.bundle_id in rig.service.complete, "the upload on the new session")
+        results = await eventually(
+            lambda: [m.result for m in rig.service.sessions[-1].received if m.WhichOneof("message") == "result"],
+            "the result on the new session",
+        )
+        assert results == [pb.SnapshotResult(request_id="r-1", ok=True, bundle_id=bundle.bundle_id)]
+        assert rig.service.accepted_chunks(bundle.bundle_id)[0].incident_id == "INC-3"
 
     run(run_rig(tmp_path, scenario))
 
