@@ -324,6 +324,15 @@ class Ingest:
                         state.hasher = None
                     try:
                         committed = await self.staging.append(bundle_id, committed, bytes(msg.data), hasher)
+                    except ValueError:
+                        # The file changed size under us (a write of a cancelled stream ended late).
+                        state.hasher = None
+                        now_size = await self.staging.committed_size(bundle_id) or 0
+                        raise self._reject(
+                            grpc.StatusCode.OUT_OF_RANGE,
+                            f"write_offset: expected {now_size} (the committed size), got {msg.write_offset}",
+                            "offset_mismatch",
+                        ) from None
                     except BaseException:
                         state.hasher = None  # the file may hold part of the chunk: rehash at finish
                         raise
@@ -393,7 +402,8 @@ class Ingest:
             profile=_text(manifest.get("profile"), 64),
             trigger=_text(manifest.get("trigger"), 64),
         )
-        await self._commit(replace(upload, state="verified", bundle=bundle, updated_at_ms=now))
+        # Shielded: a client that goes away now does not leave publication half done.
+        await asyncio.shield(self._commit(replace(upload, state="verified", bundle=bundle, updated_at_ms=now)))
         self._forget(bundle_id)
         return UploadResult(bundle_id, committed, True)
 

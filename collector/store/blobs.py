@@ -260,7 +260,20 @@ class StagingArea(_Blocking):
         return await self._run(self.committed_size_sync, bundle_id)
 
     async def append(self, bundle_id: str, offset: int, data: bytes, hasher: Any = None) -> int:
-        return await self._run(self.append_sync, bundle_id, offset, data, hasher)
+        """Like :meth:`append_sync`; if the caller is cancelled, still waits for the write to end.
+
+        A cancelled Upload must not release its bundle's lock while a thread is
+        still writing to the staging file.
+        """
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.append_sync, bundle_id, offset, data, hasher
+        )
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await fut
+            raise
 
     async def sha256(self, bundle_id: str) -> str:
         return await self._run(self.sha256_sync, bundle_id)
