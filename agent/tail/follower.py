@@ -96,6 +96,7 @@ class FileFollower:
         self.last_growth = clock()
         self.at_eof = False
         self.closed = False
+        self.truncations = 0  # truncations noticed while reading (not by :meth:`check`)
 
     # -- positions -------------------------------------------------------------------
     @property
@@ -160,6 +161,13 @@ class FileFollower:
             if not data:
                 self.at_eof = True
                 break
+            if self.fp.length and not prefix_matches(self.fp, os.pread(self.fd, self.fp.length, 0)):
+                # Truncated (and written again) since the last check, maybe before
+                # this read: what was read may be from the new content at the old
+                # offset.  Drop it and start over from the beginning.
+                self.restart()
+                self.truncations += 1
+                continue
             self.offset += len(data)
             total += len(data)
             self._consume(data, count)

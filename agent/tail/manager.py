@@ -562,12 +562,15 @@ class TailManager:
                 self._release(watch, f, now)
         f = watch.current
         if f is not None:
+            before = f.truncations
             try:
                 if f.read(PASS_BUDGET_BYTES):
                     self._dirty = True
             except OSError as exc:
                 watch.error = _describe(exc)
                 return more
+            if f.truncations != before:
+                watch.rotations += f.truncations - before
             more |= not f.at_eof
             f.tick(now)
         return more
