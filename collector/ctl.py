@@ -39,7 +39,6 @@ import hashlib
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from typing import Any, Protocol, TextIO
 
 import grpc
 import orjson
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import hostdiag
 from hostdiag.agent.bundle import bundle_file_name, verify_bundle
@@ -181,33 +181,29 @@ class CollectorClient:
         return self._channel
 
     def connect(self, *, wait_ready: bool = False) -> None:
-        """Wait up to the connect timeout for the channel to settle.
+        """Check, within the connect timeout, that the collector answers.
 
-        A refused or unresolvable address settles at once in TRANSIENT_FAILURE;
-        the call made next then fails fast with the transport's own reason.
-        With ``wait_ready`` (resuming a download) only READY counts.
+        It asks the standard gRPC health service, which every collector
+        serves.  A refused or unresolvable address fails at once with the
+        transport's own reason; an address that does not answer fails after
+        the timeout.  With ``wait_ready`` (resuming a download) the check waits
+        through connection failures until the timeout instead.
         """
-        settled = threading.Event()
-        wanted = {grpc.ChannelConnectivity.READY}
-        if not wait_ready:
-            wanted.add(grpc.ChannelConnectivity.TRANSIENT_FAILURE)
-        wanted.add(grpc.ChannelConnectivity.SHUTDOWN)
-
-        def on_state(state: grpc.ChannelConnectivity) -> None:
-            if state in wanted:
-                settled.set()
-
-        channel = self.channel
-        channel.subscribe(on_state, try_to_connect=True)
+        stub = health_pb2_grpc.HealthStub(self.channel)
         try:
-            if not settled.wait(self.connect_timeout_s):
-                raise CtlError(
-                    f"cannot reach the collector at {self.address}: "
-                    f"no connection within {self.connect_timeout_s:g} s",
-                    retryable=True,
-                )
-        finally:
-            channel.unsubscribe(on_state)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.connect_timeout_s,
+                                  metadata=self.metadata(), wait_for_ready=wait_ready)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise CtlError(f"cannot reach the collector at {self.address}: "
+                               f"no answer within {self.connect_timeout_s:g} s", retryable=True) from None
+            if code != grpc.StatusCode.UNIMPLEMENTED:
+                raise self.error(exc) from None
+        else:
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                raise CtlError(f"the collector at {self.address} is not serving (it may be shutting down)",
+                               retryable=True)
         self._connected = True
 
     def close(self) -> None:
@@ -810,7 +806,8 @@ def download_bundle(
             raise CtlError(f"cannot write {tmp}: {exc.strerror or exc}") from None
         raise
     return DownloadResult(path=target, bundle_id=bundle.bundle_id, size_bytes=size, sha256=bundle.sha256,
-                          members=sum(1 for m in report.members if m.get("ok")), resumed=resumed)
+                          members=sum(1 for m in report.members if m.get("ok") and m.get("expected_sha256")),
+                          resumed=resumed)
 
 
 def _install(tmp: str, target: str, force: bool) -> None:
