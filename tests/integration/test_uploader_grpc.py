@@ -615,7 +615,10 @@ def test_a_permanent_error_quarantines_the_bundle_and_the_queue_moves_on(tmp_pat
         [entry] = rig.spool.quarantined_items()
         assert entry["bundle_id"] == bad.bundle_id
         assert entry["reason"].startswith("INVALID_ARGUMENT")
-        assert rig.service.queries.count(bad.bundle_id) == 2, "a fresh QueryUpload confirmed it first"
+        # A fresh QueryUpload confirmed the refusal first.  (grpc.aio may report a server's abort that
+        # races the client's writes as INTERNAL; that attempt is retried, so there can be more queries.)
+        assert rig.service.queries.count(bad.bundle_id) >= 2
+        assert rig.service.queries[-1] == bad.bundle_id
         [result] = await eventually(lambda: rig.service.messages("result"), "a failed result")
         assert not result.ok and result.request_id == "r-bad" and "refused" in result.error
         # The next bundle is not stuck behind it.
