@@ -59,7 +59,7 @@ class FileFollower:
         *,
         stats: FileStats,
         ring: LogRing,
-        redact: Callable[[str, collections.Counter[str]], str],
+        redactor: Any,
         counts: collections.Counter[str],
         max_line_bytes: int,
         multiline_start: re.Pattern[str] | None = None,
@@ -75,7 +75,9 @@ class FileFollower:
         self.size = st.st_size
         self.stats = stats
         self.ring = ring
-        self._redact = redact
+        # The redactor, or its per-file stream (which may carry state, such as an
+        # open PEM block, from one block to the next).
+        self._redactor = redactor
         self._counts = counts
         self.max_line_bytes = max_line_bytes
         self._start_re = multiline_start
@@ -135,6 +137,9 @@ class FileFollower:
     def restart(self) -> None:
         """The file was truncated: hand on what is pending and read again from offset 0."""
         self.flush_pending()
+        reset = getattr(self._redactor, "reset", None)
+        if callable(reset):
+            reset()  # whatever the stream was in the middle of is gone
         self.offset = 0
         self.backlog_end = 0
         self.fp, _ = read_fingerprint(self.fd)
@@ -225,7 +230,7 @@ class FileFollower:
         text, bad = decode_block(block)
         if bad:
             stats.invalid_utf8 += bad
-        text = self._redact(text, self._counts)
+        text = self._redactor.redact(text, self._counts)
         t = self._clock()
         if self._start_re is not None:
             self._assemble(text, t, count)

@@ -388,12 +388,12 @@ class TailManager:
             self._rings[name] = ring
         return watch
 
-    def _redact_fn(self) -> Callable[[str, collections.Counter[str]], str]:
+    def _file_redactor(self) -> Any:
         # A redactor that offers per-stream state (for secrets split across blocks,
         # such as a PEM private key) gets one stream per file.
         if callable(self._stream):
-            return self._stream().redact  # type: ignore[no-any-return]
-        return self._redactor.redact  # type: ignore[no-any-return]
+            return self._stream()
+        return self._redactor
 
     def _follower(self, watch: _Watch, fd: int, path: str, st: os.stat_result, fp: Fingerprint, offset: int,
                   backlog_end: int) -> FileFollower:
@@ -402,7 +402,7 @@ class TailManager:
             fd, path, st, fp, offset,
             stats=watch,
             ring=watch.ring,
-            redact=self._redact_fn(),
+            redactor=self._file_redactor(),
             counts=self.redaction_counts,
             max_line_bytes=self.max_line_bytes,
             multiline_start=self._multiline[id(sec)],
@@ -541,7 +541,7 @@ class TailManager:
                             continue
                         st = e.stat(follow_symlinks=False)
                         if stat.S_ISREG(st.st_mode) and st.st_dev == entry["dev"]:
-                            return e.path
+                            return str(e.path)
             except OSError:
                 continue
         return None
@@ -560,8 +560,9 @@ class TailManager:
             f.tick(now)
             if f.at_eof and f.key not in seen and now - f.last_growth >= ROTATE_WAIT_S:
                 self._release(watch, f, now)
-        f = watch.current
-        if f is not None:
+        cur = watch.current
+        if cur is not None:
+            f = cur
             before = f.truncations
             try:
                 if f.read(PASS_BUDGET_BYTES):

@@ -133,6 +133,7 @@ class LogRing:
     def _count(self, t: float, errors: int, warnings: int, lines: int) -> None:
         minute = int(t // 60) * 60
         minutes = self._minutes
+        row: list[int] | None = None
         if minutes and minutes[-1][0] == minute:
             row = minutes[-1]
         elif not minutes or minute > minutes[-1][0]:
@@ -140,7 +141,6 @@ class LogRing:
             minutes.append(row)  # maxlen drops the oldest minute
         else:
             # Out of order (journal entries carry their own time): find or insert.
-            row = None
             for i, r in enumerate(minutes):
                 if r[0] == minute:
                     row = r
@@ -154,8 +154,8 @@ class LogRing:
                     row = [minute, 0, 0, 0]
                     minutes.insert(i, row)
                     break
-            if row is None:
-                return
+        if row is None:
+            return
         row[1] += errors
         row[2] += warnings
         row[3] += lines

@@ -45,31 +45,42 @@ SECRETS = [
 
 
 def generate(path: str, n_lines: int, seed: int = 7) -> int:
+    """Write ``n_lines`` lines to ``path``; returns the size in bytes.
+
+    Message bodies come from a pool of a few thousand, drawn at random per line,
+    so that generating a million lines takes a second or two.
+    """
     rnd = random.Random(seed)
-    base = 1714564800.0
-    out = []
+    bodies: dict[str, list[str]] = {"ok": [], "bad": [], "secret": []}
+    for i in range(4000):
+        bodies["ok"].append(
+            f"request done method=GET path={rnd.choice(PATHS)}/{rnd.randrange(100000)} status=200 "
+            f"dur_ms={rnd.randrange(1, 900)} bytes={rnd.randrange(100, 90000)}")
+        bodies["bad"].append(
+            f"request failed method=POST path={rnd.choice(PATHS)} status=503 "
+            f"err=\"upstream timeout after {rnd.randrange(100, 5000)}ms\" attempt={rnd.randrange(1, 4)}")
+        bodies["secret"].append(
+            rnd.choice(SECRETS).format(n=i, a=rnd.randrange(256), b=rnd.randrange(256)))
+    base = 1714564800
     size = 0
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(n_lines):
-            t = base + i * 0.0007
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-            level = rnd.choice(LEVELS)
-            logger = rnd.choice(LOGGERS)
-            if rnd.random() < 0.01:
-                msg = rnd.choice(SECRETS).format(n=i, a=rnd.randrange(256), b=rnd.randrange(256))
-            elif level in ("ERROR", "FATAL"):
-                msg = (f"request failed method=POST path={rnd.choice(PATHS)} status=503 "
-                       f"err=\"upstream timeout after {rnd.randrange(100, 5000)}ms\" attempt={rnd.randrange(1, 4)}")
-            else:
-                msg = (f"request done method=GET path={rnd.choice(PATHS)}/{rnd.randrange(100000)} status=200 "
-                       f"dur_ms={rnd.randrange(1, 900)} bytes={rnd.randrange(100, 90000)}")
-            line = f"{stamp} {level:<5} [{logger}] req={rnd.getrandbits(48):012x} {msg}\n"
-            out.append(line)
-            size += len(line)
-            if len(out) >= 10000:
-                f.write("".join(out))
-                out.clear()
-        f.write("".join(out))
+        for start in range(0, n_lines, 50000):
+            n = min(50000, n_lines - start)
+            levels = rnd.choices(LEVELS, k=n)
+            loggers = rnd.choices(LOGGERS, k=n)
+            picks = rnd.choices(range(4000), k=n)
+            secret = [rnd.random() < 0.01 for _ in range(n)]
+            out = []
+            for j in range(n):
+                i = start + j
+                level = levels[j]
+                kind = "secret" if secret[j] else ("bad" if level in ("ERROR", "FATAL") else "ok")
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(base + i // 1400))
+                out.append(f"{stamp}.{i % 1000:03d}Z {level:<5} [{loggers[j]}] req={i * 2654435761 % 16**12:012x} "
+                           f"{bodies[kind][picks[j]]}\n")
+            chunk = "".join(out)
+            size += len(chunk.encode())
+            f.write(chunk)
     return size
 
 

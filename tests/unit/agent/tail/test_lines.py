@@ -96,8 +96,10 @@ def test_invalid_utf8_is_replaced_and_lines_counted() -> None:
 )
 def test_level_of_a_line(line: str, level: int) -> None:
     assert classify_text(line) == level
-    errors, warnings = classify_block((line + "\n").encode())
-    assert (errors, warnings) == (int(level == LEVEL_ERROR), int(level == LEVEL_WARNING))
+    expected = (int(level == LEVEL_ERROR), int(level == LEVEL_WARNING))
+    # The accelerated search (when installed) and the plain one agree.
+    assert classify_block((line + "\n").encode()) == expected
+    assert classify_block((line + "\n").encode(), accelerated=False) == expected
 
 
 def test_block_counts_lines_not_words() -> None:
@@ -109,6 +111,14 @@ def test_block_counts_lines_not_words() -> None:
         "error at the very end"
     ).encode()
     assert classify_block(block) == (3, 1)
+
+
+def test_both_searches_agree_on_a_mixed_block() -> None:
+    words = ["error", "ERR", "Warning", "warn", "fatal", "critical", "crit", "panic", "Exception", "Traceback",
+             "errors", "stderr", "terror", "warned", "criticality", "x", "info", "é", "err_x", "=error="]
+    block = "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(i % 5 + 1)) for i in range(400))
+    data = block.encode()
+    assert classify_block(data) == classify_block(data, accelerated=False)
 
 
 def test_keyword_at_block_start_and_end_is_found() -> None:

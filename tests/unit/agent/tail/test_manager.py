@@ -516,3 +516,49 @@ def test_a_corrupt_checkpoint_does_not_stop_tailing(tmp_path: Path) -> None:
     m.save_checkpoint()
     assert lines(m, "app") == ["a"]
     assert load_checkpoint(m.checkpoint_path)[1] is None
+
+
+def test_a_stream_is_reset_when_its_file_is_truncated(tmp_path: Path) -> None:
+    class Stream:
+        def __init__(self) -> None:
+            self.resets = 0
+
+        def redact(self, text: str, counts: Any = None) -> str:
+            return text
+
+        def reset(self) -> None:
+            self.resets += 1
+
+    stream = Stream()
+
+    class Streaming:
+        def stream(self) -> Stream:
+            return stream
+
+        def redact(self, text: str, counts: Any = None) -> str:
+            return text
+
+    log = tmp_path / "app.log"
+    m = make(tmp_path, [LogSection(path=str(log))], redactor=Streaming())
+    m.poll_once()
+    append(log, numbered(1, 20))
+    m.poll_once()
+    os.truncate(log, 0)
+    m.poll_once()
+    assert stream.resets == 1
+
+
+def test_a_private_key_split_across_two_reads_is_redacted_with_the_default_rules(tmp_path: Path) -> None:
+    from hostdiag.agent.redact import load_redactor
+
+    log = tmp_path / "app.log"
+    m = make(tmp_path, [LogSection(path=str(log))], redactor=load_redactor())
+    m.poll_once()
+    append(log, "loading key\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretbodyline1\n")
+    m.poll_once()
+    append(log, "c2VjcmV0Ym9keWxpbmUy\n-----END RSA PRIVATE KEY-----\nkey loaded\n")
+    m.poll_once()
+    text = "\n".join(lines(m, str(log)))
+    assert "secretbodyline1" not in text and "c2VjcmV0Ym9keWxpbmUy" not in text
+    assert "loading key" in text and "key loaded" in text
+    assert sum(m.redaction_counts.values()) >= 1
