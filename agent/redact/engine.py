@@ -81,6 +81,7 @@ class _TextRule:
     regex: re.Pattern[str]
     groups: tuple[int | str, ...]
     marker: str
+    on_lower: bool  # matched against the lower-cased line (the i flag)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class _BlockRule:
     end: re.Pattern[str]
     max_lines: int
     marker: str
+    on_lower: bool
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,14 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
 
     flags_text = get("flags", str, "a string of flag letters", default="")
     pattern = get("pattern", str, "a string (a Python regular expression)", required=True)
+    # A case-insensitive text or block rule is run against the lower-cased
+    # line (which the prefilter computes anyway): Python's regex engine can
+    # only skip ahead to a pattern's leading literal when it is case-sensitive.
+    on_lower = "i" in flags_text and kind in ("text", "block")
+    if on_lower:
+        _compile(file, _where(index, name, "pattern"), pattern, flags_text)  # report errors as written
+        pattern = _lowercase_pattern(pattern)
+        flags_text = flags_text.replace("i", "")
     regex = _compile(file, _where(index, name, "pattern"), pattern, flags_text)
 
     if kind == "name":
@@ -266,6 +276,9 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
 
     if kind == "block":
         end_text = get("end_pattern", str, "a string (a Python regular expression)", required=True)
+        if on_lower:
+            _compile(file, _where(index, name, "end_pattern"), end_text, flags_text + "i")
+            end_text = _lowercase_pattern(end_text)
         end = _compile(file, _where(index, name, "end_pattern"), end_text, flags_text)
         if end.search("") is not None:
             raise fail("end_pattern", "can match the empty string")
@@ -274,7 +287,7 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
             raise fail("max_lines", f"must be between 1 and 100000, got {max_lines}")
         if regex.search("") is not None:
             raise fail("pattern", "can match the empty string")
-        return _BlockRule(name, priority, tuple(keywords), always, regex, end, max_lines, marker)
+        return _BlockRule(name, priority, tuple(keywords), always, regex, end, max_lines, marker, on_lower)
 
     groups_raw = get("secret_group", (int, str, list), "a group number, a group name or a list of them", default=0)
     groups_list = groups_raw if isinstance(groups_raw, list) else [groups_raw]
@@ -284,6 +297,8 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
     for g in groups_list:
         if isinstance(g, bool) or not isinstance(g, (int, str)):
             raise fail("secret_group", f"expected a group number or name, got {g!r}")
+        if isinstance(g, str) and on_lower:
+            g = g.lower()
         if isinstance(g, int) and not 0 <= g <= regex.groups:
             raise fail("secret_group", f"group {g} does not exist (the pattern has {regex.groups} groups)")
         if isinstance(g, str) and g not in regex.groupindex:
@@ -292,7 +307,7 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
         groups.append(g)
     if regex.search("") is not None:
         raise fail("pattern", "can match the empty string")
-    return _TextRule(name, priority, tuple(keywords), always, regex, tuple(groups), marker)
+    return _TextRule(name, priority, tuple(keywords), always, regex, tuple(groups), marker, on_lower)
 
 
 def _parse_tool(raw: Any, fail: Any, j: int) -> _Tool:
@@ -330,6 +345,24 @@ def _parse_tool(raw: Any, fail: Any, j: int) -> _Tool:
     )
 
 
+def _lowercase_pattern(pattern: str) -> str:
+    """``pattern`` for lower-cased text: every literal lower-cased, escapes (``\\S``, ``\\W``...) kept."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            out.append(pattern[i:i + 2])
+            i += 2
+        elif pattern.startswith("(?P", i):  # named group syntax is case-sensitive
+            out.append("(?P")
+            i += 3
+        else:
+            out.append(c.lower())
+            i += 1
+    return "".join(out)
+
+
 def _compile(file: str, key: str, pattern: Any, flags_text: str) -> re.Pattern[str]:
     if not isinstance(pattern, str):
         raise ConfigError(file, key, f"expected a string (a Python regular expression), got {pattern!r}")
@@ -359,14 +392,25 @@ def _minimal_literals(keywords: Iterable[str]) -> list[str]:
 
 
 class _Prefilter:
-    """Finds the lines of a lower-cased text that contain any keyword."""
+    """Finds the keyword literals in a lower-cased text, as (offset, literal id) pairs.
+
+    Literal ids index ``self.literals``.  The automaton reports non-overlapping
+    matches, so a literal that starts inside another one's match can go
+    unreported; ``self.may_hide[id]`` lists the literals that literal ``id``
+    can hide this way, for the caller to check directly.
+    """
 
     def __init__(self, keywords: Iterable[str], use_automaton: bool = True) -> None:
         literals = _minimal_literals(keywords)
-        # Single characters are found with memchr-speed str.find; they would
-        # also slow the automaton's SIMD search down badly.
-        self.chars = [k for k in literals if len(k) == 1]
+        # Single characters are found with memchr-speed str.find; in the
+        # automaton they would slow its SIMD search down badly.
         self.words = [k for k in literals if len(k) > 1]
+        self.chars = [k for k in literals if len(k) == 1]
+        self.literals = self.words + self.chars
+        self.may_hide = tuple(
+            tuple(j for j, other in enumerate(self.words) if j != i and _can_overlap(lit, other))
+            for i, lit in enumerate(self.literals)
+        )
         self._bytes_ac: Any = None
         self._str_ac: Any = None
         if use_automaton and _ahocorasick is not None and self.words:
@@ -381,41 +425,49 @@ class _Prefilter:
     def backend(self) -> str:
         return "aho-corasick" if self._str_ac is not None else "str.find"
 
-    def positions(self, low: str, ascii_text: bool) -> list[int]:
-        hits: list[int] = []
+    def hits(self, low: str, ascii_text: bool) -> list[Sequence[tuple[int, int]]]:
+        """Keyword hits as streams of (offset, literal id), each sorted by offset.
+
+        Every line that contains a keyword has at least one hit.
+        """
+        streams: list[Sequence[tuple[int, int]]] = []
         if self.words:
-            found = False
+            found = None
             if ascii_text and self._bytes_ac is not None:
-                hits = [h[1] for h in self._bytes_ac.find_matches_as_indexes(low.encode("ascii"))]
-                found = True
+                found = self._bytes_ac.find_matches_as_indexes(low.encode("ascii"))
             elif self._str_ac is not None:
                 try:
-                    hits = [h[1] for h in self._str_ac.find_matches_as_indexes(low)]
-                    found = True
-                except (UnicodeError, ValueError):  # lone surrogates: scan with str.find
-                    hits = []
-            if not found:
-                hits = self._scan(low, self.words)
+                    found = self._str_ac.find_matches_as_indexes(low)
+                except (UnicodeError, ValueError):  # lone surrogates: fall back to str.find
+                    found = None
+            if found is not None:
+                if found:
+                    streams.append([(h[1], h[0]) for h in found])
+            else:
+                streams.append(self._scan(low, self.words, 0))
         if self.chars:
-            hits.extend(self._scan(low, self.chars))
-            hits.sort()
-        return hits
+            streams.append(self._scan(low, self.chars, len(self.words)))
+        return streams
 
     @staticmethod
-    def _scan(low: str, literals: Sequence[str]) -> list[int]:
-        hits: list[int] = []
+    def _scan(low: str, literals: Sequence[str], first_id: int) -> list[tuple[int, int]]:
+        hits: list[tuple[int, int]] = []
         find = low.find
-        for lit in literals:
+        for lit_id, lit in enumerate(literals, first_id):
             i = find(lit)
             while i >= 0:
-                hits.append(i)
-                # one hit per line is enough: continue after this line
-                nl = find("\n", i)
+                hits.append((i, lit_id))
+                nl = find("\n", i)  # one hit per line is enough
                 if nl < 0:
                     break
                 i = find(lit, nl)
         hits.sort()
         return hits
+
+
+def _can_overlap(first: str, second: str) -> bool:
+    """Can ``second`` start inside an occurrence of ``first`` and end after it?"""
+    return any(first.endswith(second[:k]) for k in range(1, min(len(first), len(second))))
 
 
 def prefilter_backend() -> str:
@@ -449,12 +501,25 @@ class Redactor:
         self._placeholders = placeholders
         keywords = [k for r in (*self._text_rules, *self._block_rules) for k in r.keywords]
         self._prefilter = _Prefilter(keywords, use_automaton=use_automaton)
+        # For picking the rules of a candidate line: each prefilter literal,
+        # with the (text rule index, keyword) pairs whose keyword contains it.
+        self._text_pairs = self._pairs(self._text_rules)
+        self._block_pairs = self._pairs(self._block_rules)
+        self._always = frozenset(i for i, r in enumerate(self._text_rules) if r.always)
+        self._block_always = frozenset(i for i, r in enumerate(self._block_rules) if r.always)
         self._every_line = any(r.always for r in (*self._text_rules, *self._block_rules))
         self._tools_by_program: dict[str, list[tuple[_Tool, _ArgvRule]]] = {}
         for rule in self._argv_rules:
             for tool in rule.tools:
                 for program in tool.programs:
                     self._tools_by_program.setdefault(program, []).append((tool, rule))
+
+    def _pairs(self, rules: Sequence[_TextRule | _BlockRule]) -> tuple[tuple[tuple[int, str, bool], ...], ...]:
+        """Per prefilter literal: (rule index, keyword, keyword is the literal) for keywords containing it."""
+        return tuple(
+            tuple((i, kw, kw == lit) for i, r in enumerate(rules) for kw in r.keywords if lit in kw)
+            for lit in self._prefilter.literals
+        )
 
     @property
     def prefilter_backend(self) -> str:
@@ -586,9 +651,10 @@ class Redactor:
             return text
         claims: list[_Claim] = []
         covered = 0  # text before this offset belongs to an already handled block
-        if state is not None and state._open is not None:
-            covered = self._continue_block(text, state, claims)
         low = _lower(text)
+        if state is not None and state._open is not None:
+            open_block = state._open
+            covered = self._claim_block_body(text, low, open_block.rule, 0, open_block, state, claims)
         lines = self._candidate_lines(low, text.isascii())
         if not lines and not claims:
             return text
@@ -600,40 +666,96 @@ class Redactor:
             return text
         return _apply(text, claims, counts)
 
-    def _candidate_lines(self, low: str, ascii_text: bool) -> list[tuple[int, int]]:
+    def _candidate_lines(self, low: str, ascii_text: bool) -> list[tuple[int, int, set[int]]]:
+        """(start, end, literal ids) of every line that contains a keyword, in text order."""
         n = len(low)
         if self._every_line:
-            return list(_all_lines(low))
-        lines: list[tuple[int, int]] = []
-        line_end = -1
+            every = set(range(len(self._prefilter.literals)))
+            return [(s, e, every) for s, e in _all_lines(low)]
+        streams = self._prefilter.hits(low, ascii_text)
         rfind, find = low.rfind, low.find
-        for pos in self._prefilter.positions(low, ascii_text):
-            if pos < line_end:
-                continue
-            start = rfind("\n", 0, pos) + 1
-            line_end = find("\n", pos)
-            if line_end < 0:
-                line_end = n
-            lines.append((start, line_end))
+        lines: list[tuple[int, int, set[int]]] = []
+        for stream in streams:
+            line_end = -1
+            ids: set[int] = set()
+            for pos, lit_id in stream:
+                if pos < line_end:
+                    ids.add(lit_id)
+                    continue
+                start = rfind("\n", 0, pos) + 1
+                line_end = find("\n", pos)
+                if line_end < 0:
+                    line_end = n
+                ids = {lit_id}
+                lines.append((start, line_end, ids))
+        if len(streams) > 1:  # merge lines found by both streams
+            lines.sort(key=_first)
+            merged: list[tuple[int, int, set[int]]] = []
+            for line in lines:
+                if merged and merged[-1][0] == line[0]:
+                    merged[-1][2].update(line[2])
+                else:
+                    merged.append(line)
+            lines = merged
         return lines
 
-    def _claim_text(self, text: str, low: str, lines: list[tuple[int, int]], claims: list[_Claim]) -> None:
+    def _selected(self, low_line: str, ids: set[int], pairs_by_id: tuple[tuple[tuple[int, str, bool], ...], ...]
+                  ) -> set[int]:
+        """Indexes of the rules (per ``pairs_by_id``) whose keywords occur in ``low_line``."""
+        literals, may_hide = self._prefilter.literals, self._prefilter.may_hide
+        for lit_id in list(ids):
+            for other in may_hide[lit_id]:
+                if other not in ids and literals[other] in low_line:
+                    ids.add(other)
+        selected: set[int] = set()
+        for lit_id in ids:
+            for rule_index, kw, exact in pairs_by_id[lit_id]:
+                if exact or kw in low_line:
+                    selected.add(rule_index)
+        return selected
+
+    def _claim_text(self, text: str, low: str, lines: list[tuple[int, int, set[int]]],
+                    claims: list[_Claim]) -> None:
         rules = self._text_rules
+        pairs_by_id = self._text_pairs
+        literals, may_hide = self._prefilter.literals, self._prefilter.may_hide
+        always = self._always
         is_placeholder = self._is_placeholder
-        for start, end in lines:
-            line = text[start:end]
-            low_line = low[start:end]
-            markers = None
-            if "[redacted:" in low_line:
-                markers = [m.span() for m in MARKER_RE.finditer(line)]
-            for rule in rules:
-                if not rule.always:
-                    for kw in rule.keywords:
-                        if kw in low_line:
-                            break
+        find = low.find
+        for start, end, ids in lines:
+            # Which rules have a keyword in this line?  (Inlined: this loop
+            # runs for every candidate line of every block.)
+            low_line = None
+            selected: set[int] | None = None
+            for lit_id in ids:
+                hidden = may_hide[lit_id]
+                if hidden:
+                    if low_line is None:
+                        low_line = low[start:end]
+                    for other in hidden:
+                        if other not in ids and literals[other] in low_line:
+                            ids = ids | {other}
+                for rule_index, kw, exact in pairs_by_id[lit_id]:
+                    if not exact:
+                        if low_line is None:
+                            low_line = low[start:end]
+                        if kw not in low_line:
+                            continue
+                    if selected is None:
+                        selected = {rule_index}
                     else:
-                        continue
-                for m in rule.regex.finditer(line):
+                        selected.add(rule_index)
+            if always:
+                selected = (selected or set()) | always
+            if not selected:
+                continue
+            markers = None
+            if find("[redacted:", start, end) >= 0:
+                markers = [(start + a, start + b) for a, b in
+                           (m.span() for m in MARKER_RE.finditer(text[start:end]))]
+            for rule_index in (selected if len(selected) == 1 else sorted(selected)):
+                rule = rules[rule_index]
+                for m in rule.regex.finditer(low if rule.on_lower else text, start, end):
                     s = e = -1
                     for g in rule.groups:
                         s, e = m.span(g)
@@ -643,28 +765,29 @@ class Redactor:
                         continue
                     if markers and any(s < me and ms < e for ms, me in markers):
                         continue
-                    if is_placeholder(line[s:e]):
+                    if is_placeholder(text[s:e]):
                         continue
-                    claims.append((start + s, start + e, rule.priority, rule.marker, rule.name, True))
+                    claims.append((s, e, rule.priority, rule.marker, rule.name, True))
 
-    def _claim_blocks(self, text: str, low: str, lines: list[tuple[int, int]], covered: int,
+    def _claim_blocks(self, text: str, low: str, lines: list[tuple[int, int, set[int]]], covered: int,
                       state: StreamRedactor | None, claims: list[_Claim]) -> None:
-        for start, end in lines:
+        for start, end, ids in lines:
             if end <= covered:
                 continue
-            low_line = low[start:end]
-            for rule in self._block_rules:
-                if not rule.always and not any(kw in low_line for kw in rule.keywords):
-                    continue
+            selected = self._selected(low[start:end], set(ids), self._block_pairs) | self._block_always
+            for index in sorted(selected):
+                rule = self._block_rules[index]
+                haystack = low if rule.on_lower else text
                 while covered < end:
-                    m = rule.begin.search(text, max(start, covered), end)
+                    m = rule.begin.search(haystack, max(start, covered), end)
                     if m is None:
                         break
-                    covered = self._claim_block_body(text, rule, m.end(), None, state, claims)
+                    covered = self._claim_block_body(text, low, rule, m.end(), None, state, claims)
                 if covered >= end:
                     break
 
-    def _claim_block_body(self, text: str, rule: _BlockRule, body_start: int, open_block: _OpenBlock | None,
+    def _claim_block_body(self, text: str, low: str, rule: _BlockRule, body_start: int,
+                          open_block: _OpenBlock | None,
                           state: StreamRedactor | None, claims: list[_Claim]) -> int:
         """Claim body lines from ``body_start`` to the END (or the line limit); return where it stopped."""
         n = len(text)
@@ -681,7 +804,7 @@ class Redactor:
             limit, walked, hit_end = _advance_lines(text, 0, open_block.lines_left, fallback=0)
             lines_left = open_block.lines_left - walked
             counted = open_block.counted
-        m = rule.end.search(text, body_start, limit)
+        m = rule.end.search(low if rule.on_lower else text, body_start, limit)
         body_end = m.start() if m else limit
         counted = _claim_segments(text, body_start, body_end, rule, counted, claims)
         if state is not None:
@@ -690,11 +813,6 @@ class Redactor:
             else:
                 state._open = None
         return m.end() if m else max(limit, body_start)
-
-    def _continue_block(self, text: str, state: StreamRedactor, claims: list[_Claim]) -> int:
-        open_block = state._open
-        assert open_block is not None
-        return self._claim_block_body(text, open_block.rule, 0, open_block, state, claims)
 
 
 class StreamRedactor:
@@ -724,6 +842,10 @@ class StreamRedactor:
 
 
 # ------------------------------------------------------------------ helpers --
+
+
+def _first(item: tuple[int, int, set[int]]) -> int:
+    return item[0]
 
 
 def _program_name(arg: str) -> str:
