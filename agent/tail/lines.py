@@ -8,6 +8,7 @@ This is what lets the tailer keep up with a busy log on one core.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -133,8 +134,9 @@ _WARNING_WORDS = r"warn(?:ing)?"
 _TEXT_ERROR_RE = re.compile(r"\b(?:" + _ERROR_WORDS + r")\b", re.IGNORECASE)
 _TEXT_WARNING_RE = re.compile(r"\b(?:" + _WARNING_WORDS + r")\b", re.IGNORECASE)
 
+_ahocorasick: Any
 try:  # optional accelerator (also used by the redaction engine)
-    import ahocorasick_rs as _ahocorasick
+    _ahocorasick = importlib.import_module("ahocorasick_rs")
 except ImportError:  # pragma: no cover - exercised where the wheel is absent
     _ahocorasick = None
 
