@@ -111,10 +111,14 @@ MIN_HEARTBEAT_S = 1.0  # the collector may ask for faster heartbeats, but not fa
 class BundleLike(Protocol):
     """What :func:`hostdiag.agent.snapshot.take_snapshot` returns (``BundleInfo``)."""
 
-    path: str
-    bundle_id: str
-    size_bytes: int
-    sha256: str
+    @property
+    def path(self) -> str: ...
+    @property
+    def bundle_id(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 SnapshotFn = Callable[[str, float, str | None, str | None], Awaitable[BundleLike]]
