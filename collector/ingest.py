@@ -17,7 +17,7 @@ Rules, each with the status a violation gets (the staging file is the state):
   re-send of bytes already committed is refused like any other overlap,
   because after a broken stream the agent asks ``QueryUpload`` and resumes at
   the committed size, never behind it.  Nothing is written.
-- committed + chunk beyond ``max_bundle_bytes`` → RESOURCE_EXHAUSTED
+- committed + chunk beyond ``max_bundle_bytes`` → FAILED_PRECONDITION (permanent: the agent quarantines)
   (``too_large``); the staging file is removed.
 - at finish, ``total_size_bytes`` must equal the bytes received →
   INVALID_ARGUMENT (``size_mismatch``), and ``sha256`` must be 64 lowercase
@@ -304,8 +304,10 @@ class Ingest:
                     )
                 if committed + len(msg.data) > self.limits.max_bundle_bytes:
                     await self._discard(bundle_id)
+                    # Permanent (FAILED_PRECONDITION), not RESOURCE_EXHAUSTED: retrying the
+                    # same bundle can never fit, and agents retry RESOURCE_EXHAUSTED.
                     raise self._reject(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.FAILED_PRECONDITION,
                         f"bundle exceeds the limit of {self.limits.max_bundle_bytes} bytes; upload discarded",
                         "too_large",
                     )

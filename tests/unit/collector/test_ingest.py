@@ -247,7 +247,7 @@ def test_bundle_over_the_size_cap_is_discarded(tmp_path: Path, make_bundle: Any,
     async def scenario() -> None:
         async with Env(tmp_path / "c", max_bundle_bytes=64 * KiB) as env:
             err = await env.rejected(messages(b.bundle_id, b.data, 16 * KiB))
-            assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert err.code == grpc.StatusCode.FAILED_PRECONDITION  # permanent: retrying cannot help
             assert "65536 bytes" in err.message
             assert env.staged(b.bundle_id) is None
             assert await env.store.list_uploads() == []
