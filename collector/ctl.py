@@ -344,7 +344,7 @@ def clean(text: object) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(clean(text).split())
+    return clean(" ".join(text.split()))
 
 
 def format_time(unix_ms: int) -> str:
@@ -795,7 +795,7 @@ def download_bundle(
         if not report.ok:
             shown = "; ".join(_one_line(p) for p in report.problems[:3])
             more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
-            raise CtlError(f"the bundle does not verify against its manifest: {shown}{more}")
+            raise CtlError(f"the bundle does not verify: {shown}{more}")
         if report.sha256 is not None and report.sha256 != bundle.sha256:
             raise CtlError("the file changed on disk while it was verified")
         _install(tmp, target, force)

@@ -439,7 +439,7 @@ def test_download_whose_members_do_not_match_the_manifest_fails(collector: Runni
     out_dir.mkdir()
     result = ctl(collector, "bundle", "download", bundle_id, "-o", str(out_dir))
     assert result.code == 1
-    assert "does not verify against its manifest" in result.err and "extra.txt" in result.err
+    assert "the bundle does not verify: " in result.err and "extra.txt" in result.err
     assert leftovers(out_dir) == []
 
 
