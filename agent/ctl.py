@@ -141,7 +141,27 @@ def _collect_standalone(config: AgentConfig, args: argparse.Namespace, progress:
             )
 
     info = uvloop.run(run())
-    return {"path": info.path, "bundle_id": info.bundle_id, "size_bytes": info.size_bytes, "sha256": info.sha256}
+    result = {"path": info.path, "bundle_id": info.bundle_id, "size_bytes": info.size_bytes, "sha256": info.sha256}
+    if request.incident_id:
+        result["upload"] = _spool_standalone(config, info, request.incident_id)
+    return result
+
+
+def _spool_standalone(config: AgentConfig, info: Any, incident_id: str) -> str:
+    """With no agent running, leave an incident's bundle in the spool for the agent to upload."""
+    from hostdiag.agent.spool import Spool, SpoolError
+
+    if not config.collector.address:
+        return "no collector configured: the bundle stays on this host"
+    sp = config.spool
+    try:
+        spool = Spool(config.spool_dir, sp.max_bytes, sp.max_items,
+                      quarantine_max_bytes=sp.quarantine_max_bytes, quarantine_max_items=sp.quarantine_max_items)
+        spool.put(info.path, {"bundle_id": info.bundle_id, "sha256": info.sha256, "size_bytes": info.size_bytes,
+                              "incident_id": incident_id, "request_id": None})
+    except (SpoolError, OSError) as exc:
+        return f"not queued: {exc}"
+    return f"queued in the spool ({config.spool_dir}): the agent uploads it to {config.collector.address} when it runs"
 
 
 def cmd_collect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -207,6 +227,8 @@ def cmd_collect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"size     {result['size_bytes']} bytes", file=out)
         print(f"sha256   {result['sha256']}", file=out)
         print(f"mode     {mode} ({result['elapsed_s']:.2f} s)", file=out)
+        if result.get("upload"):
+            print(f"upload   {result['upload']}", file=out)
         print(f"open it: tar --zstd -xf {result['path']}   verify: agentctl inspect {result['path']}", file=out)
     return EXIT_OK
 

@@ -31,6 +31,8 @@ from hostdiag.agent.recorder.recorder import FlightRecorder
 from hostdiag.agent.redact import load_redactor
 from hostdiag.agent.sdnotify import Notifier
 from hostdiag.agent.snapshot import SnapshotRequest, take_snapshot
+from hostdiag.agent.spool import Spool, SpoolError
+from hostdiag.agent.uploader import HostInfo, Uploader
 
 __all__ = ["Agent", "main", "validate_collect_request"]
 
@@ -105,6 +107,26 @@ class Agent:
         self.api = LocalApiServer(
             config.socket_path, status=self.status, collect=self.collect, group=config.agent.socket_group
         )
+        # agentctl's and the collector's snapshots run one at a time.
+        self.snapshot_lock = asyncio.Lock()
+        self.spool: Spool | None = None
+        self.uploader: Uploader | None = None
+        if config.collector.address:
+            sp = config.spool
+            self.spool = Spool(
+                config.spool_dir,
+                sp.max_bytes,
+                sp.max_items,
+                quarantine_max_bytes=sp.quarantine_max_bytes,
+                quarantine_max_items=sp.quarantine_max_items,
+            )
+            self.uploader = Uploader(
+                config,
+                self.spool,
+                snapshot_fn=self.collector_snapshot,
+                host_info=HostInfo.from_config(config),
+                executor=self.executor,
+            )
         self.started_at = time.time()
         self.last_bundle: dict[str, Any] | None = None
         self.bundles_written = 0
@@ -128,25 +150,27 @@ class Agent:
             "bundle_failures": self.bundle_failures,
             "last_bundle": self.last_bundle,
             "max_loop_lag_ms": round(self.max_loop_lag_s * 1000, 2),
+            "collector": self.uploader.status() if self.uploader is not None else None,
+            "spool": self.spool.status() if self.spool is not None else None,
             "bundle_dir": self.config.bundle_dir,
         }
 
-    async def collect(self, request: dict[str, Any], send: Any) -> dict[str, Any]:
-        snap = validate_collect_request(self.config, request, trigger="agentctl")
-        try:
-            info = await take_snapshot(
-                self.config,
-                snap,
-                out_dir=self.config.bundle_dir,
-                probe=self.probe,
-                redactor=self.redactor,
-                recorder=self.recorder,
-                executor=self.executor,
-                progress=send,
-            )
-        except Exception:
-            self.bundle_failures += 1
-            raise
+    async def _snapshot(self, snap: SnapshotRequest, progress: Any = None) -> Any:
+        async with self.snapshot_lock:
+            try:
+                info = await take_snapshot(
+                    self.config,
+                    snap,
+                    out_dir=self.config.bundle_dir,
+                    probe=self.probe,
+                    redactor=self.redactor,
+                    recorder=self.recorder,
+                    executor=self.executor,
+                    progress=progress,
+                )
+            except Exception:
+                self.bundle_failures += 1
+                raise
         self.bundles_written += 1
         self.last_bundle = {
             "path": info.path,
@@ -154,11 +178,43 @@ class Agent:
             "size_bytes": info.size_bytes,
             "sha256": info.sha256,
             "at": time.time(),
+            "trigger": snap.trigger,
         }
+        # The spool holds its own hard link, so pruning local copies never loses an upload.
         await asyncio.get_running_loop().run_in_executor(
             self.executor, prune_bundles, self.config.bundle_dir, self.config.bundle.keep
         )
-        return dict(self.last_bundle)
+        return info
+
+    async def collect(self, request: dict[str, Any], send: Any) -> dict[str, Any]:
+        """agentctl's collect: a bundle now, queued for upload when it names an incident."""
+        snap = validate_collect_request(self.config, request, trigger="agentctl")
+        info = await self._snapshot(snap, progress=send)
+        result = {"path": info.path, "bundle_id": info.bundle_id, "size_bytes": info.size_bytes, "sha256": info.sha256}
+        if snap.incident_id:
+            if self.uploader is None:
+                result["upload"] = "no collector configured: the bundle stays on this host"
+            else:
+                try:
+                    await self.uploader.enqueue(info, incident_id=snap.incident_id)
+                    connected = self.uploader.connected
+                    result["upload"] = (
+                        "queued: uploading to the collector"
+                        if connected
+                        else "queued in the spool: the collector is unreachable, it goes up when it is back"
+                    )
+                except SpoolError as exc:
+                    result["upload"] = f"not queued: {exc}"
+        return result
+
+    async def collector_snapshot(
+        self, profile: str, window_s: float, incident_id: str | None, request_id: str | None
+    ) -> Any:
+        """The uploader's hook for a collector's snapshot command (profile already validated)."""
+        snap = SnapshotRequest(
+            profile=profile, window_s=window_s, trigger="collector", incident_id=incident_id, request_id=request_id
+        )
+        return await self._snapshot(snap)
 
     # -- life cycle -------------------------------------------------------------------
     async def _watch_loop(self) -> None:
@@ -199,6 +255,8 @@ class Agent:
                     tg.create_task(self.tail.run(self.executor), name="tail"),
                     tg.create_task(self._watch_loop(), name="watch"),
                 ]
+                if self.uploader is not None:
+                    tasks.append(tg.create_task(self.uploader.run(), name="uploader"))
                 await stop.wait()
                 self.notifier.stopping()
                 for task in tasks:
