@@ -155,6 +155,7 @@ class FileFollower:
     def read(self, budget_bytes: int) -> int:
         """Read up to about ``budget_bytes``; returns the number of bytes read."""
         total = 0
+        restarts = 0
         self.at_eof = False
         while total < budget_bytes:
             want = BLOCK_BYTES
@@ -172,6 +173,9 @@ class FileFollower:
                 # offset.  Drop it and start over from the beginning.
                 self.restart()
                 self.truncations += 1
+                restarts += 1
+                if restarts > 2:  # rewritten over and over: try again next pass
+                    break
                 continue
             self.offset += len(data)
             total += len(data)
