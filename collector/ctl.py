@@ -589,6 +589,16 @@ def manifest_summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _instant(value: Any) -> str:
+    """A manifest time: unix seconds (as the agent writes the window) or already text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format_time(int(value * 1000))
+        except (OverflowError, OSError, ValueError):
+            return str(value)
+    return str(value) if value else "?"
+
+
 def render_bundle(bundle: bundle_pb2.Bundle, summary: Mapping[str, Any] | None, problem: str = "") -> str:
     out = [format_fields([
         ("bundle", bundle.bundle_id),
@@ -609,9 +619,9 @@ def render_bundle(bundle: bundle_pb2.Bundle, summary: Mapping[str, Any] | None, 
     window = summary.get("window") or {}
     window_text = "-"
     if window:
-        window_text = f"{window.get('start') or '?'} to {window.get('end') or '?'}"
-        if window.get("seconds") is not None:
-            window_text += f" ({window['seconds']} s)"
+        window_text = f"{_instant(window.get('start'))} to {_instant(window.get('end'))}"
+        if isinstance(window.get("seconds"), (int, float)) and not isinstance(window.get("seconds"), bool):
+            window_text += f" ({window['seconds']:g} s)"
     out.append(format_fields([
         ("agent", summary.get("agent_version") or "-"),
         ("labels", _labels_text({str(k): str(v) for k, v in summary["labels"].items()})),

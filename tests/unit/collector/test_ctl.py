@@ -387,12 +387,16 @@ def test_bundle_show_summarizes_the_manifest() -> None:
     assert fields["size"] == "3.0 MiB (3145728 bytes)"
     assert fields["sha256"] == "ab" * 32
     assert fields["agent"] == "0.1.0" and fields["labels"] == "role=api" and fields["recorder"] == "daemon"
-    assert fields["window"] == "2025-11-24T15:55:00Z to 2025-11-24T16:00:00Z (300 s)"
+    assert fields["window"] == "2025-11-24T15:55:00Z to 2025-11-24T16:00:00Z (300 s)"  # text kept as written
     assert fields["members"] == "2 (2.1 KiB uncompressed)"
     assert fields["truncated"] == "logs/app.log (member cap)"
     assert fields["redactions"] == "bearer 3"
     probes = next(line for line in lines if line.startswith("probes"))
     assert probes.split()[:3] == ["probes", "timeout", "5.000"] and probes.endswith("http_api: no answer in 5 s")
+
+    numeric = {**MANIFEST, "window": {"start": NOW_S - 300.5, "end": NOW_S, "seconds": 300.5}}
+    shown = run("bundle", "show", "x", client=FakeClient(manifest_json=orjson.dumps(numeric).decode())).out
+    assert "window      2025-11-24T15:54:59Z to 2025-11-24T16:00:00Z (300.5 s)" in shown.splitlines()
 
     doc = run("bundle", "show", "x", "--json", client=client).json()
     assert doc["manifest"] == MANIFEST
@@ -410,6 +414,7 @@ def test_bundle_show_without_a_readable_manifest(manifest_json: str) -> None:
 @pytest.mark.parametrize("garbage", [
     {}, {"members": "x", "sources": [], "window": 5, "labels": None, "truncations": {"a": 1}, "redaction": [1]},
     {"members": [1, {"size_bytes": True}, {"size_bytes": "9"}], "sources": {"a": "ok", "b": {"duration_s": "x"}}},
+    {"window": {"start": 1e300, "end": True, "seconds": "long"}},
 ])
 def test_manifest_summary_tolerates_any_shape(garbage: dict[str, Any]) -> None:
     summary = manifest_summary(garbage)
