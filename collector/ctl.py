@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 import grpc
 import orjson
@@ -105,19 +105,19 @@ _RETRYABLE = frozenset({
     grpc.StatusCode.ABORTED,
 })
 
-_SEVERITY_NAME = {
+_SEVERITY_NAME: dict[int, str] = {
     incident_pb2.SEVERITY_P1: "P1",
     incident_pb2.SEVERITY_P2: "P2",
     incident_pb2.SEVERITY_P3: "P3",
     incident_pb2.SEVERITY_P4: "P4",
 }
-_INCIDENT_STATE_NAME = {
+_INCIDENT_STATE_NAME: dict[int, str] = {
     incident_pb2.INCIDENT_STATE_OPEN: "open",
     incident_pb2.INCIDENT_STATE_ACKNOWLEDGED: "acknowledged",
     incident_pb2.INCIDENT_STATE_RESOLVED: "resolved",
 }
-_INCIDENT_STATE_VALUE = {name: value for value, name in _INCIDENT_STATE_NAME.items()}
-_REQUEST_STATE_NAME = {
+_INCIDENT_STATE_VALUE: dict[str, int] = {name: value for value, name in _INCIDENT_STATE_NAME.items()}
+_REQUEST_STATE_NAME: dict[int, str] = {
     incident_pb2.HOST_REQUEST_STATE_REQUESTED: "requested",
     incident_pb2.HOST_REQUEST_STATE_ACKNOWLEDGED: "acknowledged",
     incident_pb2.HOST_REQUEST_STATE_UPLOADING: "uploading",
@@ -1045,7 +1045,7 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """Raises instead of exiting, so :func:`main` prints to its own streams and returns 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise _UsageError(self, message)
 
 
@@ -1093,13 +1093,13 @@ def nonempty(text: str) -> str:
     return text
 
 
-def _common(required: bool = False) -> argparse.ArgumentParser:
+def _common() -> _Parser:
     """Options every command takes, before or after the command words.
 
     Defaults are SUPPRESS so a value given before the command words is not
     reset by the subcommand's parser; :func:`_resolve` fills the defaults.
     """
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     p.add_argument("--collector", metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help=f"collector gRPC address (default: ${ENV_COLLECTOR}, else {DEFAULT_COLLECTOR})")
     p.add_argument("--timeout", metavar="SECONDS", type=positive_float, default=argparse.SUPPRESS,
