@@ -322,10 +322,13 @@ class CollectorClient:
 
 
 def _default_actor() -> str:
+    """The local user name, as printable ASCII (gRPC metadata values must be)."""
     try:
-        return getpass.getuser()
+        name = getpass.getuser()
     except (KeyError, OSError):
         return ""
+    name = name.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c for c in name if c.isprintable())[:128]
 
 
 # --------------------------------------------------------------------------
@@ -767,8 +770,9 @@ def download_bundle(
             last_error = ""
             while True:
                 start = offset
+                stream = client.download(bundle.bundle_id, offset)
                 try:
-                    for chunk_offset, data in client.download(bundle.bundle_id, offset):
+                    for chunk_offset, data in stream:
                         if chunk_offset != offset:
                             raise CtlError(f"the collector sent bytes for offset {chunk_offset}, expected {offset}")
                         if offset + len(data) > size:
@@ -785,6 +789,10 @@ def download_bundle(
                     if not exc.retryable:
                         raise
                     last_error = exc.message
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()  # ends the call now, not when the generator is collected
                 fh.flush()
                 failures = 0 if offset > start else failures + 1
                 if failures >= max_attempts:
@@ -1005,8 +1013,9 @@ def cmd_bundle_download(args: argparse.Namespace, ctx: Context) -> int:
     except TargetExists:
         raise
     except CtlError as exc:
-        progress.finish()
         raise CtlError(f"bundle {args.id} not saved: {exc.message}", exc.exit_code) from None
+    finally:
+        progress.finish()  # an error message must not start on the bar's line
     if ctx.json:
         ctx.emit({"path": result.path, "bundle_id": result.bundle_id, "size_bytes": result.size_bytes,
                   "sha256": result.sha256, "members_verified": result.members, "resumed": result.resumed})

@@ -794,3 +794,34 @@ def test_progress_and_hints_go_to_a_terminal_only(real_bundle: RealBundle, out_d
     assert main(["incident", "open", "--json", "--title", "t", "--severity", "P2", "--host", "db-1"], out, err,
                 env={}, client_factory=lambda options: FakeClient()) == 0
     assert err.getvalue() == ""
+
+
+def test_the_actor_is_printable_ascii(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "zoë\x07")
+    assert CollectorClient("h:1").metadata() == [("hostdiag-actor", "zo\\xeb")]
+
+
+def test_the_stream_is_closed_when_a_chunk_is_refused(real_bundle: RealBundle, out_dir: Path) -> None:
+    closed: list[bool] = []
+
+    class Tracked(FakeStream):
+        def download(self, bundle_id: str, offset: int) -> Iterator[tuple[int, bytes]]:
+            try:
+                yield offset + 1, self.data
+            finally:
+                closed.append(True)
+
+    with pytest.raises(CtlError, match="expected 0"):
+        download_bundle(Tracked(real_bundle.data), real_bundle.record, str(out_dir / "b"))
+    assert closed == [True]
+
+
+def test_ctrl_c_during_a_download_leaves_nothing(real_bundle: RealBundle, out_dir: Path) -> None:
+    class Interrupted(DownloadClient):
+        def download(self, bundle_id: str, offset: int) -> Iterator[tuple[int, bytes]]:
+            yield 0, real_bundle.data[:1000]
+            raise KeyboardInterrupt
+
+    result = run("bundle", "download", "b", "-o", str(out_dir / "b"), client=Interrupted(real_bundle))
+    assert (result.code, result.err) == (130, "collectorctl: interrupted\n")
+    assert files(out_dir) == []
