@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import hostdiag
+from hostdiag.agent import memory
 from hostdiag.agent.api import ApiError, LocalApiServer
 from hostdiag.agent.bundle import remove_stale_temp
 from hostdiag.agent.config import AgentConfig, ConfigError, load_config
@@ -181,9 +182,9 @@ class Agent:
             "trigger": snap.trigger,
         }
         # The spool holds its own hard link, so pruning local copies never loses an upload.
-        await asyncio.get_running_loop().run_in_executor(
-            self.executor, prune_bundles, self.config.bundle_dir, self.config.bundle.keep
-        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, prune_bundles, self.config.bundle_dir, self.config.bundle.keep)
+        await loop.run_in_executor(self.executor, memory.trim)  # give the snapshot's buffers back
         return info
 
     async def collect(self, request: dict[str, Any], send: Any) -> dict[str, Any]:
@@ -270,6 +271,7 @@ class Agent:
 
 
 async def _amain(config: AgentConfig) -> int:
+    memory.limit_arenas(2)  # before the worker threads exist
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
