@@ -66,6 +66,7 @@ _KEYS_BY_KIND = {
 }
 _TOOL_KEYS = {"programs", "attached", "separate", "subcommands", "secret_after"}
 _ENV_ASSIGN_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+_CONFIG_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[_.-][A-Za-z0-9]+)+")
 _BLANK = " \t\r\f\v"
 
 
@@ -638,6 +639,15 @@ class Redactor:
             if rule is not None:
                 out[i] = arg[: m.end()] + self._replace_whole(arg[m.end():], rule.marker, rule.name, counts)
                 return 1
+            return 0
+        # A configuration key given as a word, then its value:
+        # "aws configure set aws_secret_access_key X", "git config user.password X".
+        # Only compound names count, so "kubectl get secret NAME" keeps NAME.
+        if _CONFIG_KEY_RE.fullmatch(arg) and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            rule = self._secret_name_rule(arg.replace("-", "_").replace(".", "_"))
+            if rule is not None:
+                out[i + 1] = self._replace_whole(args[i + 1], rule.marker, rule.name, counts)
+                return 2
         return 0
 
     # -- text -----------------------------------------------------------------
