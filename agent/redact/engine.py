@@ -634,7 +634,7 @@ class Redactor:
                 return 2
             return 1
         m = _ENV_ASSIGN_RE.match(arg)
-        if m:
+        if m and not any(c.isspace() for c in arg):  # "sh -c 'A=1 cmd'" is a command for the text rules
             rule = self._secret_name_rule(m.group(1))
             if rule is not None:
                 out[i] = arg[: m.end()] + self._replace_whole(arg[m.end():], rule.marker, rule.name, counts)
