@@ -623,7 +623,7 @@ class Redactor:
             name, eq, value = body.partition("=")
             if not name or len(name) < 2:
                 return 0
-            rule = self._secret_name_rule(name.replace("-", "_"))
+            rule = self._secret_name_rule(_as_env_name(name))
             if rule is None:
                 return 0
             if eq:
@@ -644,7 +644,7 @@ class Redactor:
         # "aws configure set aws_secret_access_key X", "git config user.password X".
         # Only compound names count, so "kubectl get secret NAME" keeps NAME.
         if _CONFIG_KEY_RE.fullmatch(arg) and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            rule = self._secret_name_rule(arg.replace("-", "_").replace(".", "_"))
+            rule = self._secret_name_rule(_as_env_name(arg))
             if rule is not None:
                 out[i + 1] = self._replace_whole(args[i + 1], rule.marker, rule.name, counts)
                 return 2
@@ -856,6 +856,11 @@ class StreamRedactor:
 
 def _first(item: tuple[int, int, set[int]]) -> int:
     return item[0]
+
+
+def _as_env_name(flag: str) -> str:
+    """A flag or configuration key in environment-variable style: --db-password -> DB_PASSWORD."""
+    return flag.replace("-", "_").replace(".", "_").upper()
 
 
 def _program_name(arg: str) -> str:
