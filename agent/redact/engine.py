@@ -660,18 +660,19 @@ class Redactor:
         if n == 0:
             return text
         claims: list[_Claim] = []
+        guards: list[tuple[int, int]] = []  # BEGIN/END lines of blocks: no text rule may claim them
         covered = 0  # text before this offset belongs to an already handled block
         low = _lower(text)
         if state is not None and state._open is not None:
             open_block = state._open
-            covered = self._claim_block_body(text, low, open_block.rule, 0, open_block, state, claims)
+            covered = self._claim_block_body(text, low, open_block.rule, 0, open_block, state, claims, guards)
         lines = self._candidate_lines(low, text.isascii())
         if not lines and not claims:
             return text
         if self._block_rules and lines:
-            self._claim_blocks(text, low, lines, covered, state, claims)
+            self._claim_blocks(text, low, lines, covered, state, claims, guards)
         if self._text_rules and lines:
-            self._claim_text(text, low, lines, claims)
+            self._claim_text(text, low, lines, claims, guards)
         if not claims:
             return text
         return _apply(text, claims, counts)
@@ -725,7 +726,7 @@ class Redactor:
         return selected
 
     def _claim_text(self, text: str, low: str, lines: list[tuple[int, int, set[int]]],
-                    claims: list[_Claim]) -> None:
+                    claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
         rules = self._text_rules
         pairs_by_id = self._text_pairs
         literals, may_hide = self._prefilter.literals, self._prefilter.may_hide
@@ -763,6 +764,10 @@ class Redactor:
             if find("[redacted:", start, end) >= 0:
                 markers = [(start + a, start + b) for a, b in
                            (m.span() for m in MARKER_RE.finditer(text[start:end]))]
+            if guards:
+                near = [g for g in guards if g[0] < end and g[1] > start]
+                if near:
+                    markers = (markers or []) + near
             for rule_index in (selected if len(selected) == 1 else sorted(selected)):
                 rule = rules[rule_index]
                 for m in rule.regex.finditer(low if rule.on_lower else text, start, end):
@@ -780,7 +785,7 @@ class Redactor:
                     claims.append((s, e, rule.priority, rule.marker, rule.name, True))
 
     def _claim_blocks(self, text: str, low: str, lines: list[tuple[int, int, set[int]]], covered: int,
-                      state: StreamRedactor | None, claims: list[_Claim]) -> None:
+                      state: StreamRedactor | None, claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
         for start, end, ids in lines:
             if end <= covered:
                 continue
@@ -792,13 +797,14 @@ class Redactor:
                     m = rule.begin.search(haystack, max(start, covered), end)
                     if m is None:
                         break
-                    covered = self._claim_block_body(text, low, rule, m.end(), None, state, claims)
+                    guards.append(m.span())
+                    covered = self._claim_block_body(text, low, rule, m.end(), None, state, claims, guards)
                 if covered >= end:
                     break
 
     def _claim_block_body(self, text: str, low: str, rule: _BlockRule, body_start: int,
                           open_block: _OpenBlock | None,
-                          state: StreamRedactor | None, claims: list[_Claim]) -> int:
+                          state: StreamRedactor | None, claims: list[_Claim], guards: list[tuple[int, int]]) -> int:
         """Claim body lines from ``body_start`` to the END (or the line limit); return where it stopped."""
         n = len(text)
         if open_block is None:
@@ -816,6 +822,8 @@ class Redactor:
             counted = open_block.counted
         m = rule.end.search(low if rule.on_lower else text, body_start, limit)
         body_end = m.start() if m else limit
+        if m:
+            guards.append(m.span())
         counted = _claim_segments(text, body_start, body_end, rule, counted, claims)
         if state is not None:
             if m is None and hit_end and lines_left > 0:
