@@ -254,6 +254,8 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
         _compile(file, _where(index, name, "pattern"), pattern, flags_text)  # report errors as written
         pattern = _lowercase_pattern(pattern)
         flags_text = flags_text.replace("i", "")
+    if kind in ("text", "block") and "m" not in flags_text:
+        flags_text += "m"  # rules see one line at a time: ^ and $ are line anchors
     regex = _compile(file, _where(index, name, "pattern"), pattern, flags_text)
 
     if kind == "name":
@@ -397,8 +399,8 @@ class _Prefilter:
 
     Literal ids index ``self.literals``.  The automaton reports non-overlapping
     matches, so a literal that starts inside another one's match can go
-    unreported; ``self.may_hide[id]`` lists the literals that literal ``id``
-    can hide this way, for the caller to check directly.
+    unreported; ``self.may_hide[id]`` lists where that can happen, for the
+    caller to check directly.
     """
 
     def __init__(self, keywords: Iterable[str], use_automaton: bool = True) -> None:
@@ -408,8 +410,11 @@ class _Prefilter:
         self.words = [k for k in literals if len(k) > 1]
         self.chars = [k for k in literals if len(k) == 1]
         self.literals = self.words + self.chars
+        # may_hide[i]: (literal id, offset) of each word that can start at
+        # that offset inside a reported match of literal i and so go unreported.
         self.may_hide = tuple(
-            tuple(j for j, other in enumerate(self.words) if j != i and _can_overlap(lit, other))
+            tuple((j, k) for j, other in enumerate(self.words) if j != i
+                  for k in _overlap_offsets(lit, other))
             for i, lit in enumerate(self.literals)
         )
         self._bytes_ac: Any = None
@@ -426,12 +431,12 @@ class _Prefilter:
     def backend(self) -> str:
         return "aho-corasick" if self._str_ac is not None else "str.find"
 
-    def hits(self, low: str, ascii_text: bool) -> list[Sequence[tuple[int, int]]]:
-        """Keyword hits as streams of (offset, literal id), each sorted by offset.
+    def hits(self, low: str, ascii_text: bool) -> list[Sequence[tuple[int, int, int]]]:
+        """Keyword hits as streams of (literal id, start, end), each sorted by start.
 
         Every line that contains a keyword has at least one hit.
         """
-        streams: list[Sequence[tuple[int, int]]] = []
+        streams: list[Sequence[tuple[int, int, int]]] = []
         if self.words:
             found = None
             if ascii_text and self._bytes_ac is not None:
@@ -443,7 +448,7 @@ class _Prefilter:
                     found = None
             if found is not None:
                 if found:
-                    streams.append([(h[1], h[0]) for h in found])
+                    streams.append(found)
             else:
                 streams.append(self._scan(low, self.words, 0))
         if self.chars:
@@ -451,24 +456,30 @@ class _Prefilter:
         return streams
 
     @staticmethod
-    def _scan(low: str, literals: Sequence[str], first_id: int) -> list[tuple[int, int]]:
-        hits: list[tuple[int, int]] = []
+    def _scan(low: str, literals: Sequence[str], first_id: int) -> list[tuple[int, int, int]]:
+        hits: list[tuple[int, int, int]] = []
         find = low.find
         for lit_id, lit in enumerate(literals, first_id):
             i = find(lit)
             while i >= 0:
-                hits.append((i, lit_id))
+                hits.append((lit_id, i, i + len(lit)))
                 nl = find("\n", i)  # one hit per line is enough
                 if nl < 0:
                     break
                 i = find(lit, nl)
-        hits.sort()
+        hits.sort(key=_second)
         return hits
+
+
+def _overlap_offsets(first: str, second: str) -> list[int]:
+    """Offsets inside ``first`` where ``second`` can start and run past its end."""
+    return [len(first) - k for k in range(1, min(len(first), len(second)))
+            if first.endswith(second[:k])]
 
 
 def _can_overlap(first: str, second: str) -> bool:
     """Can ``second`` start inside an occurrence of ``first`` and end after it?"""
-    return any(first.endswith(second[:k]) for k in range(1, min(len(first), len(second))))
+    return bool(_overlap_offsets(first, second))
 
 
 def prefilter_backend() -> str:
@@ -508,6 +519,11 @@ class Redactor:
         self._block_pairs = self._pairs(self._block_rules)
         self._always = frozenset(i for i, r in enumerate(self._text_rules) if r.always)
         self._block_always = frozenset(i for i, r in enumerate(self._block_rules) if r.always)
+        # literal ids that can select a block rule, directly or as a possibly hidden literal
+        direct = {i for i, pairs in enumerate(self._block_pairs) if pairs}
+        self._block_literal_ids = frozenset(
+            i for i in range(len(self._prefilter.literals))
+            if i in direct)
         self._every_line = any(r.always for r in (*self._text_rules, *self._block_rules))
         self._tools_by_program: dict[str, list[tuple[_Tool, _ArgvRule]]] = {}
         for rule in self._argv_rules:
@@ -684,21 +700,27 @@ class Redactor:
             every = set(range(len(self._prefilter.literals)))
             return [(s, e, every) for s, e in _all_lines(low)]
         streams = self._prefilter.hits(low, ascii_text)
-        rfind, find = low.rfind, low.find
+        rfind, find, startswith = low.rfind, low.find, low.startswith
+        may_hide, literals = self._prefilter.may_hide, self._prefilter.literals
         lines: list[tuple[int, int, set[int]]] = []
         for stream in streams:
             line_end = -1
             ids: set[int] = set()
-            for pos, lit_id in stream:
-                if pos < line_end:
+            for lit_id, pos, _ in stream:
+                if pos >= line_end:
+                    start = rfind("\n", 0, pos) + 1
+                    line_end = find("\n", pos)
+                    if line_end < 0:
+                        line_end = n
+                    ids = {lit_id}
+                    lines.append((start, line_end, ids))
+                else:
                     ids.add(lit_id)
-                    continue
-                start = rfind("\n", 0, pos) + 1
-                line_end = find("\n", pos)
-                if line_end < 0:
-                    line_end = n
-                ids = {lit_id}
-                lines.append((start, line_end, ids))
+                hidden = may_hide[lit_id]
+                if hidden:
+                    for other, offset in hidden:
+                        if startswith(literals[other], pos + offset):
+                            ids.add(other)
         if len(streams) > 1:  # merge lines found by both streams
             lines.sort(key=_first)
             merged: list[tuple[int, int, set[int]]] = []
@@ -713,11 +735,6 @@ class Redactor:
     def _selected(self, low_line: str, ids: set[int], pairs_by_id: tuple[tuple[tuple[int, str, bool], ...], ...]
                   ) -> set[int]:
         """Indexes of the rules (per ``pairs_by_id``) whose keywords occur in ``low_line``."""
-        literals, may_hide = self._prefilter.literals, self._prefilter.may_hide
-        for lit_id in list(ids):
-            for other in may_hide[lit_id]:
-                if other not in ids and literals[other] in low_line:
-                    ids.add(other)
         selected: set[int] = set()
         for lit_id in ids:
             for rule_index, kw, exact in pairs_by_id[lit_id]:
@@ -729,23 +746,15 @@ class Redactor:
                     claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
         rules = self._text_rules
         pairs_by_id = self._text_pairs
-        literals, may_hide = self._prefilter.literals, self._prefilter.may_hide
         always = self._always
-        is_placeholder = self._is_placeholder
-        find = low.find
+        # 1. Which rules may run on which line: a rule runs on a line that
+        #    holds one of its keywords.  (Inlined: this loop runs for every
+        #    candidate line of every block.)
+        picked: list[tuple[int, int, set[int]]] = []
         for start, end, ids in lines:
-            # Which rules have a keyword in this line?  (Inlined: this loop
-            # runs for every candidate line of every block.)
             low_line = None
             selected: set[int] | None = None
             for lit_id in ids:
-                hidden = may_hide[lit_id]
-                if hidden:
-                    if low_line is None:
-                        low_line = low[start:end]
-                    for other in hidden:
-                        if other not in ids and literals[other] in low_line:
-                            ids = ids | {other}
                 for rule_index, kw, exact in pairs_by_id[lit_id]:
                     if not exact:
                         if low_line is None:
@@ -758,36 +767,52 @@ class Redactor:
                         selected.add(rule_index)
             if always:
                 selected = (selected or set()) | always
-            if not selected:
-                continue
-            markers = None
-            if find("[redacted:", start, end) >= 0:
-                markers = [(start + a, start + b) for a, b in
-                           (m.span() for m in MARKER_RE.finditer(text[start:end]))]
-            if guards:
-                near = [g for g in guards if g[0] < end and g[1] > start]
-                if near:
-                    markers = (markers or []) + near
+            if selected:
+                picked.append((start, end, selected))
+        if not picked:
+            return
+        # 2. Run each picked rule on its line.  (Joining the lines and running
+        #    each rule once over them was measured: it is slower, because a
+        #    pattern without a literal prefix scans the joined text slowly.)
+        for start, end, selected in picked:
             for rule_index in (selected if len(selected) == 1 else sorted(selected)):
                 rule = rules[rule_index]
                 for m in rule.regex.finditer(low if rule.on_lower else text, start, end):
-                    s = e = -1
-                    for g in rule.groups:
-                        s, e = m.span(g)
-                        if s >= 0:
-                            break
-                    if e <= s:
-                        continue
-                    if markers and any(s < me and ms < e for ms, me in markers):
-                        continue
-                    if is_placeholder(text[s:e]):
-                        continue
-                    claims.append((s, e, rule.priority, rule.marker, rule.name, True))
+                    self._claim_match(m, rule, 0, text, claims)
+        if claims:
+            self._drop_protected(text, low, picked, claims, guards)
+
+    def _claim_match(self, m: re.Match[str], rule: _TextRule, shift: int, text: str, claims: list[_Claim]) -> None:
+        for g in rule.groups:
+            s, e = m.span(g)
+            if s >= 0:
+                break
+        else:
+            return
+        if e <= s:
+            return
+        s += shift
+        e += shift
+        if self._placeholders is not None and self._placeholders.fullmatch(text, s, e):
+            return
+        claims.append((s, e, rule.priority, rule.marker, rule.name, True))
+
+    @staticmethod
+    def _drop_protected(text: str, low: str, picked: list[tuple[int, int, set[int]]],
+                        claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
+        """Remove claims that touch an existing marker or a block's BEGIN/END line."""
+        protected = list(guards)
+        for start, end, _ in picked:
+            if low.find("[redacted:", start, end) >= 0:
+                protected.extend(m.span() for m in MARKER_RE.finditer(text, start, end))
+        if protected:
+            claims[:] = [c for c in claims if not any(c[0] < pe and ps < c[1] for ps, pe in protected)]
 
     def _claim_blocks(self, text: str, low: str, lines: list[tuple[int, int, set[int]]], covered: int,
                       state: StreamRedactor | None, claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
+        block_ids = self._block_literal_ids
         for start, end, ids in lines:
-            if end <= covered:
+            if end <= covered or (block_ids.isdisjoint(ids) and not self._block_always):
                 continue
             selected = self._selected(low[start:end], set(ids), self._block_pairs) | self._block_always
             for index in sorted(selected):
@@ -864,6 +889,10 @@ class StreamRedactor:
 
 def _first(item: tuple[int, int, set[int]]) -> int:
     return item[0]
+
+
+def _second(item: tuple[int, int, int]) -> int:
+    return item[1]
 
 
 def _as_env_name(flag: str) -> str:
