@@ -115,10 +115,9 @@ def _collect_standalone(config: AgentConfig, args: argparse.Namespace, progress:
     import uvloop
 
     from hostdiag.agent.bundle import BundleWriteError
-    from hostdiag.agent.daemon import validate_collect_request
     from hostdiag.agent.probe import SystemProbe
     from hostdiag.agent.redact import load_redactor
-    from hostdiag.agent.snapshot import take_snapshot
+    from hostdiag.agent.snapshot import take_snapshot, validate_collect_request
 
     request = validate_collect_request(
         config, {"profile": args.profile, "window_s": args.window, "incident_id": args.incident}, trigger="agentctl"

@@ -24,46 +24,20 @@ from typing import Any
 
 import hostdiag
 from hostdiag.agent import memory
-from hostdiag.agent.api import ApiError, LocalApiServer
+from hostdiag.agent.api import LocalApiServer
 from hostdiag.agent.bundle import remove_stale_temp
 from hostdiag.agent.config import AgentConfig, ConfigError, load_config
 from hostdiag.agent.logsetup import setup_logging
 from hostdiag.agent.recorder.recorder import FlightRecorder
 from hostdiag.agent.redact import load_redactor
 from hostdiag.agent.sdnotify import Notifier
-from hostdiag.agent.snapshot import SnapshotRequest, take_snapshot
+from hostdiag.agent.snapshot import SnapshotRequest, take_snapshot, validate_collect_request
 from hostdiag.agent.spool import Spool, SpoolError
 from hostdiag.agent.uploader import HostInfo, Uploader
 
-__all__ = ["Agent", "main", "validate_collect_request"]
+__all__ = ["Agent", "main"]
 
 log = logging.getLogger("hostdiag.agent")
-
-MAX_INCIDENT_ID_LEN = 128
-
-
-def validate_collect_request(config: AgentConfig, request: dict[str, Any], trigger: str) -> SnapshotRequest:
-    """Turn a collect request into a :class:`SnapshotRequest`, or raise :class:`ApiError`."""
-    profile = request.get("profile") or "default"
-    if not isinstance(profile, str) or profile not in config.profiles:
-        known = ", ".join(sorted(config.profiles))
-        raise ApiError(f"unknown profile {profile!r} (this agent defines: {known})")
-    window = request.get("window_s")
-    if window is not None:
-        if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
-            raise ApiError(f"window_s must be a positive number of seconds, got {window!r}")
-        if window > config.recorder.window_s:
-            raise ApiError(f"window_s {window:g} exceeds the recorder window ({config.recorder.window_s:g} s)")
-    incident = request.get("incident_id")
-    if incident is not None and (not isinstance(incident, str) or not 0 < len(incident) <= MAX_INCIDENT_ID_LEN):
-        raise ApiError(f"incident_id must be a string of 1 to {MAX_INCIDENT_ID_LEN} characters")
-    return SnapshotRequest(
-        profile=profile,
-        window_s=float(window) if window is not None else None,
-        trigger=trigger,
-        incident_id=incident,
-    )
-
 
 def prune_bundles(bundle_dir: str, keep: int) -> list[str]:
     """Delete the oldest local bundles beyond ``keep``; returns what was deleted."""

@@ -20,12 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hostdiag
+from hostdiag.agent.api import ApiError
 from hostdiag.agent.bundle import BundleInfo, BundleWriteError, BundleWriter
 from hostdiag.agent.config import AgentConfig
 from hostdiag.agent.sources import REGISTRY
 from hostdiag.agent.sources.base import RecorderView, SnapshotContext, SourceSkipped
 
-__all__ = ["SnapshotRequest", "take_snapshot", "EVIDENCE_SCHEMA_VERSION", "select_sources"]
+__all__ = [
+    "SnapshotRequest",
+    "take_snapshot",
+    "EVIDENCE_SCHEMA_VERSION",
+    "select_sources",
+    "validate_collect_request",
+]
 
 log = logging.getLogger("hostdiag.agent.snapshot")
 
@@ -42,6 +49,32 @@ class SnapshotRequest:
     incident_id: str | None = None
     request_id: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+
+
+MAX_INCIDENT_ID_LEN = 128
+
+
+def validate_collect_request(config: AgentConfig, request: dict[str, Any], trigger: str) -> SnapshotRequest:
+    """Turn a collect request into a :class:`SnapshotRequest`, or raise :class:`ApiError`."""
+    profile = request.get("profile") or "default"
+    if not isinstance(profile, str) or profile not in config.profiles:
+        known = ", ".join(sorted(config.profiles))
+        raise ApiError(f"unknown profile {profile!r} (this agent defines: {known})")
+    window = request.get("window_s")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+            raise ApiError(f"window_s must be a positive number of seconds, got {window!r}")
+        if window > config.recorder.window_s:
+            raise ApiError(f"window_s {window:g} exceeds the recorder window ({config.recorder.window_s:g} s)")
+    incident = request.get("incident_id")
+    if incident is not None and (not isinstance(incident, str) or not 0 < len(incident) <= MAX_INCIDENT_ID_LEN):
+        raise ApiError(f"incident_id must be a string of 1 to {MAX_INCIDENT_ID_LEN} characters")
+    return SnapshotRequest(
+        profile=profile,
+        window_s=float(window) if window is not None else None,
+        trigger=trigger,
+        incident_id=incident,
+    )
 
 
 def select_sources(config: AgentConfig, profile: str) -> list[str]:
