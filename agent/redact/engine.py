@@ -34,7 +34,8 @@ from typing import Any
 
 from hostdiag.agent.configfile import ConfigError, read_toml
 
-try:  # optional accelerator for the keyword prefilter
+_ahocorasick: Any
+try:  # optional accelerator for the keyword prefilter (see docs/redaction.md)
     import ahocorasick_rs as _ahocorasick
 except ImportError:  # pragma: no cover - exercised where the wheel is absent
     _ahocorasick = None
@@ -506,12 +507,12 @@ class Redactor:
                  *, use_automaton: bool = True) -> None:
         self._rules = tuple(rules)
         self.rule_names: tuple[str, ...] = tuple(r.name for r in self._rules)
-        self._text_rules = tuple(r for r in self._rules if isinstance(r, _TextRule))
-        self._block_rules = tuple(r for r in self._rules if isinstance(r, _BlockRule))
-        self._name_rules = tuple(r for r in self._rules if isinstance(r, _NameRule))
-        self._argv_rules = tuple(r for r in self._rules if isinstance(r, _ArgvRule))
+        self._text_rules: tuple[_TextRule, ...] = tuple(r for r in self._rules if isinstance(r, _TextRule))
+        self._block_rules: tuple[_BlockRule, ...] = tuple(r for r in self._rules if isinstance(r, _BlockRule))
+        self._name_rules: tuple[_NameRule, ...] = tuple(r for r in self._rules if isinstance(r, _NameRule))
+        self._argv_rules: tuple[_ArgvRule, ...] = tuple(r for r in self._rules if isinstance(r, _ArgvRule))
         self._placeholders = placeholders
-        keywords = [k for r in (*self._text_rules, *self._block_rules) for k in r.keywords]
+        keywords = [k for r in self._text_rules for k in r.keywords] + [k for b in self._block_rules for k in b.keywords]
         self._prefilter = _Prefilter(keywords, use_automaton=use_automaton)
         # For picking the rules of a candidate line: each prefilter literal,
         # with the (text rule index, keyword) pairs whose keyword contains it.
@@ -519,12 +520,9 @@ class Redactor:
         self._block_pairs = self._pairs(self._block_rules)
         self._always = frozenset(i for i, r in enumerate(self._text_rules) if r.always)
         self._block_always = frozenset(i for i, r in enumerate(self._block_rules) if r.always)
-        # literal ids that can select a block rule, directly or as a possibly hidden literal
-        direct = {i for i, pairs in enumerate(self._block_pairs) if pairs}
-        self._block_literal_ids = frozenset(
-            i for i in range(len(self._prefilter.literals))
-            if i in direct)
-        self._every_line = any(r.always for r in (*self._text_rules, *self._block_rules))
+        # literal ids that can select a block rule (lines without one skip the block search)
+        self._block_literal_ids = frozenset(i for i, pairs in enumerate(self._block_pairs) if pairs)
+        self._every_line = bool(self._always or self._block_always)
         self._tools_by_program: dict[str, list[tuple[_Tool, _ArgvRule]]] = {}
         for rule in self._argv_rules:
             for tool in rule.tools:

@@ -27,6 +27,7 @@ import collections
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 from hostdiag.agent.redact import engine
 from hostdiag.agent.redact.engine import load_redactor
@@ -99,7 +100,7 @@ def build_block(rng: random.Random, target_bytes: int, secret_share: float, look
     return "\n".join(lines) + "\n", len(lines)
 
 
-def best_time(fn, repeat: int) -> float:
+def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
