@@ -110,7 +110,9 @@ class LogSection:
     path: str = field(default="", metadata={"nonempty": True, "doc": "file path or glob"})
     name: str = field(default="", metadata={"doc": "short name in bundles; default: the path"})
     multiline_start: str = field(default="", metadata={"regex": True, "doc": "regex of a first line"})
-    multiline_timeout_s: float = field(default=1.0, metadata={"min": 0.05, "max": 60})
+    multiline_timeout_s: float = field(
+        default=1.0, metadata={"min": 0.05, "max": 60, "doc": "flush a multiline event after this quiet time"}
+    )
 
     def validate(self) -> None:
         if not os.path.isabs(self.path):
@@ -119,17 +121,27 @@ class LogSection:
 
 @dataclass(frozen=True)
 class JournalSection:
-    enabled: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
+    enabled: str = field(
+        default="auto", metadata={"choices": ("auto", "on", "off"), "doc": "follow journald; auto: when journalctl works"}
+    )
     units: tuple[str, ...] = field(default=(), metadata={"doc": "only these units; empty: all"})
-    max_entries: int = field(default=20000, metadata={"min": 1, "max": 1_000_000})
+    max_entries: int = field(
+        default=20000, metadata={"min": 1, "max": 1_000_000, "doc": "journal entries per snapshot"}
+    )
 
 
 @dataclass(frozen=True)
 class BundleSection:
     output_dir: str = field(default="", metadata={"doc": "where bundles go; default data_dir/bundles"})
-    max_member_bytes: int = field(default=64 * MiB, metadata={"size": True, "min": 4096, "max": 4096 * MiB})
-    max_bundle_bytes: int = field(default=256 * MiB, metadata={"size": True, "min": 65536, "max": 16384 * MiB})
-    zstd_level: int = field(default=3, metadata={"min": 1, "max": 19})
+    max_member_bytes: int = field(
+        default=64 * MiB,
+        metadata={"size": True, "min": 4096, "max": 4096 * MiB, "doc": "one member is cut here (recorded)"},
+    )
+    max_bundle_bytes: int = field(
+        default=256 * MiB,
+        metadata={"size": True, "min": 65536, "max": 16384 * MiB, "doc": "all members together (uncompressed)"},
+    )
+    zstd_level: int = field(default=3, metadata={"min": 1, "max": 19, "doc": "zstd compression level"})
     keep: int = field(default=20, metadata={"min": 1, "max": 10000, "doc": "local bundles kept"})
 
 
@@ -209,8 +221,11 @@ class CollectorSection:
 class SpoolSection:
     """The on-disk upload queue under ``<data_dir>/spool``."""
 
-    max_bytes: int = field(default=1024 * MiB, metadata={"size": True, "min": 1 * MiB, "max": 1024 * 1024 * MiB})
-    max_items: int = field(default=200, metadata={"min": 1, "max": 100_000})
+    max_bytes: int = field(
+        default=1024 * MiB,
+        metadata={"size": True, "min": 1 * MiB, "max": 1024 * 1024 * MiB, "doc": "bundles waiting for upload"},
+    )
+    max_items: int = field(default=200, metadata={"min": 1, "max": 100_000, "doc": "bundles waiting for upload"})
     quarantine_max_bytes: int = field(
         default=256 * MiB, metadata={"size": True, "min": 0, "max": 1024 * 1024 * MiB, "doc": "0: keep none"}
     )

@@ -27,7 +27,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "load_dataclass", "read_toml", "parse_size"]
+__all__ = ["ConfigError", "load_dataclass", "read_toml", "parse_size", "reference_rows"]
 
 T = TypeVar("T")
 
@@ -218,3 +218,59 @@ def load_dataclass(cls: type[T], data: dict[str, Any], file: str = "<config>", p
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, allowed, meaning) for every key of a config dataclass.
+
+    Nested dataclass fields become their own rows under ``prefix.field``; this
+    is what ``scripts/gen-config-docs`` renders into ``docs/configuration.md``.
+    """
+    hints = get_type_hints(cls)
+    rows: list[tuple[str, str, str, str, str]] = []
+    for fld in dataclasses.fields(cls):
+        if fld.name == "file":
+            continue
+        tp = hints[fld.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(reference_rows(tp, _join(prefix, fld.name)))
+            continue
+        meta = dict(fld.metadata)
+        if fld.default is not dataclasses.MISSING:
+            default: Any = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:
+            default = fld.default_factory()
+        else:
+            default = None
+        allowed = []
+        if "min" in meta or "max" in meta:
+            allowed.append(f"{meta.get('min', '')} .. {meta.get('max', '')}".strip())
+        if "choices" in meta:
+            allowed.append(" | ".join(str(c) for c in meta["choices"]))
+        if meta.get("regex"):
+            allowed.append("regular expression")
+        if meta.get("nonempty"):
+            allowed.append("not empty")
+        kind = "size" if meta.get("size") else _type_name(tp)
+        rows.append((_join(prefix, fld.name), kind, _render_default(default, bool(meta.get("size"))),
+                     "; ".join(allowed), str(meta.get("doc", ""))))
+    return rows
+
+
+def _render_default(value: Any, size: bool) -> str:
+    if size and isinstance(value, int):
+        for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+            if value >= factor and value % factor == 0:
+                return f'"{value // factor} {unit}"'
+        return str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_render_default(v, False) for v in value) + "]"
+    if isinstance(value, collections.abc.Mapping):
+        return "{}" if not value else "{" + ", ".join(f"{k} = {_render_default(v, False)}" for k, v in value.items()) + "}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else str(value)
+    return str(value)
