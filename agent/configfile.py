@@ -246,7 +246,7 @@ def reference_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str, str
         if "min" in meta or "max" in meta:
             allowed.append(f"{meta.get('min', '')} .. {meta.get('max', '')}".strip())
         if "choices" in meta:
-            allowed.append(" | ".join(str(c) for c in meta["choices"]))
+            allowed.append("one of " + ", ".join(str(c) for c in meta["choices"]))
         if meta.get("regex"):
             allowed.append("regular expression")
         if meta.get("nonempty"):
