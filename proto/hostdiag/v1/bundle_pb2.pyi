@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Bundle(_message.Message):
-    __slots__ = ("bundle_id", "host_id", "incident_id", "request_id", "size_bytes", "sha256", "created_at_unix_ms", "received_at_unix_ms", "profile", "trigger")
+    __slots__ = ("bundle_id", "host_id", "incident_id", "request_id", "size_bytes", "sha256", "created_at_unix_ms", "received_at_unix_ms", "profile", "trigger", "file_name")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class Bundle(_message.Message):
     RECEIVED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     host_id: str
     incident_id: str
@@ -28,7 +29,8 @@ class Bundle(_message.Message):
     received_at_unix_ms: int
     profile: str
     trigger: str
-    def __init__(self, bundle_id: _Optional[str] = ..., host_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., request_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., received_at_unix_ms: _Optional[int] = ..., profile: _Optional[str] = ..., trigger: _Optional[str] = ...) -> None: ...
+    file_name: str
+    def __init__(self, bundle_id: _Optional[str] = ..., host_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., request_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., received_at_unix_ms: _Optional[int] = ..., profile: _Optional[str] = ..., trigger: _Optional[str] = ..., file_name: _Optional[str] = ...) -> None: ...
 
 class ListBundlesRequest(_message.Message):
     __slots__ = ("incident_id", "host_id", "limit")

@@ -96,7 +96,7 @@ class TimelineEvent(_message.Message):
     def __init__(self, at_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., host_id: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class Incident(_message.Message):
-    __slots__ = ("id", "title", "severity", "service", "state", "selector", "window_seconds", "opened_at_unix_ms", "acknowledged_at_unix_ms", "resolved_at_unix_ms", "hosts", "timeline", "bundle_ids", "opened_by")
+    __slots__ = ("id", "title", "severity", "service", "state", "selector", "window_seconds", "opened_at_unix_ms", "acknowledged_at_unix_ms", "resolved_at_unix_ms", "hosts", "timeline", "bundle_ids", "opened_by", "profile", "suggestion", "escalations", "last_status_update_at_unix_ms", "alert_group_key", "severity_set_at_unix_ms")
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,12 @@ class Incident(_message.Message):
     TIMELINE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_IDS_FIELD_NUMBER: _ClassVar[int]
     OPENED_BY_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_UPDATE_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ALERT_GROUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_SET_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     severity: Severity
@@ -125,7 +131,63 @@ class Incident(_message.Message):
     timeline: _containers.RepeatedCompositeFieldContainer[TimelineEvent]
     bundle_ids: _containers.RepeatedScalarFieldContainer[str]
     opened_by: str
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., service: _Optional[str] = ..., state: _Optional[_Union[IncidentState, str]] = ..., selector: _Optional[_Union[HostSelector, _Mapping]] = ..., window_seconds: _Optional[float] = ..., opened_at_unix_ms: _Optional[int] = ..., acknowledged_at_unix_ms: _Optional[int] = ..., resolved_at_unix_ms: _Optional[int] = ..., hosts: _Optional[_Iterable[_Union[HostRequest, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[TimelineEvent, _Mapping]]] = ..., bundle_ids: _Optional[_Iterable[str]] = ..., opened_by: _Optional[str] = ...) -> None: ...
+    profile: str
+    suggestion: Suggestion
+    escalations: _containers.RepeatedCompositeFieldContainer[Escalation]
+    last_status_update_at_unix_ms: int
+    alert_group_key: str
+    severity_set_at_unix_ms: int
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., service: _Optional[str] = ..., state: _Optional[_Union[IncidentState, str]] = ..., selector: _Optional[_Union[HostSelector, _Mapping]] = ..., window_seconds: _Optional[float] = ..., opened_at_unix_ms: _Optional[int] = ..., acknowledged_at_unix_ms: _Optional[int] = ..., resolved_at_unix_ms: _Optional[int] = ..., hosts: _Optional[_Iterable[_Union[HostRequest, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[TimelineEvent, _Mapping]]] = ..., bundle_ids: _Optional[_Iterable[str]] = ..., opened_by: _Optional[str] = ..., profile: _Optional[str] = ..., suggestion: _Optional[_Union[Suggestion, _Mapping]] = ..., escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ..., last_status_update_at_unix_ms: _Optional[int] = ..., alert_group_key: _Optional[str] = ..., severity_set_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class SignalFinding(_message.Message):
+    __slots__ = ("rule", "severity", "host_id", "explanation", "evidence_json", "guide", "inhibited")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    GUIDE_FIELD_NUMBER: _ClassVar[int]
+    INHIBITED_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    severity: Severity
+    host_id: str
+    explanation: str
+    evidence_json: str
+    guide: str
+    inhibited: bool
+    def __init__(self, rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., host_id: _Optional[str] = ..., explanation: _Optional[str] = ..., evidence_json: _Optional[str] = ..., guide: _Optional[str] = ..., inhibited: _Optional[bool] = ...) -> None: ...
+
+class Suggestion(_message.Message):
+    __slots__ = ("severity", "explanation", "guide", "findings", "evaluated_at_unix_ms", "hosts_selected", "hosts_reporting", "hosts_affected")
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    GUIDE_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_SELECTED_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_REPORTING_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    severity: Severity
+    explanation: str
+    guide: str
+    findings: _containers.RepeatedCompositeFieldContainer[SignalFinding]
+    evaluated_at_unix_ms: int
+    hosts_selected: int
+    hosts_reporting: int
+    hosts_affected: int
+    def __init__(self, severity: _Optional[_Union[Severity, str]] = ..., explanation: _Optional[str] = ..., guide: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[SignalFinding, _Mapping]]] = ..., evaluated_at_unix_ms: _Optional[int] = ..., hosts_selected: _Optional[int] = ..., hosts_reporting: _Optional[int] = ..., hosts_affected: _Optional[int] = ...) -> None: ...
+
+class Escalation(_message.Message):
+    __slots__ = ("kind", "at_unix_ms", "message", "notified")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NOTIFIED_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    at_unix_ms: int
+    message: str
+    notified: bool
+    def __init__(self, kind: _Optional[str] = ..., at_unix_ms: _Optional[int] = ..., message: _Optional[str] = ..., notified: _Optional[bool] = ...) -> None: ...
 
 class OpenIncidentRequest(_message.Message):
     __slots__ = ("title", "severity", "service", "selector", "window_seconds", "profile")
@@ -150,12 +212,14 @@ class OpenIncidentResponse(_message.Message):
     def __init__(self, incident: _Optional[_Union[Incident, _Mapping]] = ...) -> None: ...
 
 class ListIncidentsRequest(_message.Message):
-    __slots__ = ("state", "limit")
+    __slots__ = ("state", "limit", "overdue")
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OVERDUE_FIELD_NUMBER: _ClassVar[int]
     state: IncidentState
     limit: int
-    def __init__(self, state: _Optional[_Union[IncidentState, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    overdue: bool
+    def __init__(self, state: _Optional[_Union[IncidentState, str]] = ..., limit: _Optional[int] = ..., overdue: _Optional[bool] = ...) -> None: ...
 
 class ListIncidentsResponse(_message.Message):
     __slots__ = ("incidents",)
@@ -210,6 +274,22 @@ class ResolveIncidentRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ResolveIncidentResponse(_message.Message):
+    __slots__ = ("incident",)
+    INCIDENT_FIELD_NUMBER: _ClassVar[int]
+    incident: Incident
+    def __init__(self, incident: _Optional[_Union[Incident, _Mapping]] = ...) -> None: ...
+
+class SetIncidentSeverityRequest(_message.Message):
+    __slots__ = ("id", "severity", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    severity: Severity
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetIncidentSeverityResponse(_message.Message):
     __slots__ = ("incident",)
     INCIDENT_FIELD_NUMBER: _ClassVar[int]
     incident: Incident

@@ -67,6 +67,11 @@ class IncidentServiceStub:
                 request_serializer=hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentRequest.SerializeToString,
                 response_deserializer=hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentResponse.FromString,
                 _registered_method=True)
+        self.SetIncidentSeverity = channel.unary_unary(
+                '/hostdiag.v1.IncidentService/SetIncidentSeverity',
+                request_serializer=hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityRequest.SerializeToString,
+                response_deserializer=hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityResponse.FromString,
+                _registered_method=True)
 
 
 class IncidentServiceServicer:
@@ -111,6 +116,13 @@ class IncidentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetIncidentSeverity(self, request, context):
+        """SetIncidentSeverity is a human's decision; suggestions never change severity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IncidentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +155,11 @@ def add_IncidentServiceServicer_to_server(servicer, server):
                     servicer.ResolveIncident,
                     request_deserializer=hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentRequest.FromString,
                     response_serializer=hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentResponse.SerializeToString,
+            ),
+            'SetIncidentSeverity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetIncidentSeverity,
+                    request_deserializer=hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityRequest.FromString,
+                    response_serializer=hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class IncidentService:
             '/hostdiag.v1.IncidentService/ResolveIncident',
             hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentRequest.SerializeToString,
             hostdiag_dot_v1_dot_incident__pb2.ResolveIncidentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetIncidentSeverity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hostdiag.v1.IncidentService/SetIncidentSeverity',
+            hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityRequest.SerializeToString,
+            hostdiag_dot_v1_dot_incident__pb2.SetIncidentSeverityResponse.FromString,
             options,
             channel_credentials,
             insecure,
