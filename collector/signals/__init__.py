@@ -1,0 +1,4 @@
+"""Severity signals: declarative rules over bundle evidence, combined per incident.
+
+See ``docs/signal-rules.md``.
+"""
