@@ -103,6 +103,13 @@ def incident_to_proto(view: IncidentView) -> incident_pb2.Incident:
         ],
         bundle_ids=view.bundle_ids,
         opened_by=inc.opened_by,
+        escalations=[
+            incident_pb2.Escalation(kind=e.kind, at_unix_ms=e.at_ms, message=e.message, notified=e.notified)
+            for e in view.escalations
+        ],
+        last_status_update_at_unix_ms=inc.last_status_update_at_ms,
+        alert_group_key=inc.alert_group_key,
+        severity_set_at_unix_ms=inc.severity_set_at_ms,
     )
 
 
@@ -165,7 +172,7 @@ class IncidentServicer(incident_pb2_grpc.IncidentServiceServicer):
                 if request.state not in _INCIDENT_STATE_NAME:
                     raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, f"state: unknown value {request.state}")
                 state = _INCIDENT_STATE_NAME[request.state]
-            views = await self.incidents.list(state, _limit(request.limit))
+            views = await self.incidents.list(state, _limit(request.limit), overdue=request.overdue)
         except CollectorError as exc:
             await _abort(context, exc)
         return incident_pb2.ListIncidentsResponse(incidents=[incident_to_proto(v) for v in views])

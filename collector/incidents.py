@@ -32,7 +32,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -41,6 +41,7 @@ from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.fleet import AgentSession, Command, Fleet, labels_match
 from hostdiag.collector.store.base import (
     BundleRecord,
+    EscalationRecord,
     HostRequestRecord,
     IncidentRecord,
     IncidentStates,
@@ -97,12 +98,13 @@ def selector_matches(
 
 @dataclass(frozen=True)
 class IncidentView:
-    """An incident with its host requests, timeline and bundle ids."""
+    """An incident with its host requests, timeline, bundle ids and runbook breaches."""
 
     incident: IncidentRecord
     requests: list[HostRequestRecord]
     events: list[TimelineEventRecord]
     bundle_ids: list[str]
+    escalations: list[EscalationRecord] = field(default_factory=list)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -131,6 +133,11 @@ class IncidentManager:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held for every incident and request change (the runbook's clock evaluates under it)."""
+        return self._lock
+
     # -- reading ------------------------------------------------------------------------
     async def get(self, incident_id: str) -> IncidentView:
         if not isinstance(incident_id, str) or not incident_id:
@@ -146,13 +153,28 @@ class IncidentManager:
             requests=await self.store.list_requests(inc.id),
             events=await self.store.list_events(inc.id),
             bundle_ids=await self.store.bundle_ids_for_incident(inc.id),
+            escalations=await self.store.list_escalations(inc.id),
         )
 
-    async def list(self, state: str | None = None, limit: int = 100) -> list[IncidentView]:
+    async def list(self, state: str | None = None, limit: int = 100, *, overdue: bool = False) -> list[IncidentView]:
+        """Newest first; ``overdue``: only unresolved incidents with an open runbook breach."""
         if limit < 0:
             raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "limit: must not be negative")
         limit = min(limit or 100, MAX_LIST_LIMIT)
-        return [await self._view(inc) for inc in await self.store.list_incidents(state, limit)]
+        if not overdue:
+            return [await self._view(inc) for inc in await self.store.list_incidents(state, limit)]
+        from hostdiag.collector.runbook import open_breaches  # the runbook imports this module
+
+        views: list[IncidentView] = []
+        for inc in reversed(await self.store.unresolved_incidents()):
+            if state is not None and inc.state != state:
+                continue
+            view = await self._view(inc)
+            if open_breaches(inc, view.escalations):
+                views.append(view)
+                if len(views) >= limit:
+                    break
+        return views
 
     # -- opening ------------------------------------------------------------------------
     async def open(
@@ -166,6 +188,7 @@ class IncidentManager:
         window_s: float = 0.0,
         profile: str = "",
         actor: str = "",
+        alert_group_key: str = "",
     ) -> IncidentView:
         labels = dict(selector_labels or {})
         host_ids = list(dict.fromkeys(selector_host_ids))
@@ -216,6 +239,8 @@ class IncidentManager:
                 profile=profile,
                 opened_at_ms=now,
                 opened_by=actor,
+                severity_set_at_ms=now,
+                alert_group_key=alert_group_key,
             )
             selected = list(host_ids)
             if labels:
@@ -315,6 +340,40 @@ class IncidentManager:
                 )
                 await self.store.add_requests([req], [event])
                 await self._deliver(inc, [req])
+
+    async def add_hosts(self, incident_id: str, host_ids: Sequence[str], message: str, actor: str = "") -> list[str]:
+        """Name more hosts in an unresolved incident's selector and request a snapshot from each.
+
+        Hosts the incident already has a request for, and names that are not
+        valid host ids, are skipped.  Returns the host ids added.
+        """
+        async with self._lock:
+            inc = await self.store.get_incident(incident_id)
+            if inc is None:
+                raise CollectorError(grpc.StatusCode.NOT_FOUND, f"no incident with id {incident_id!r}")
+            if inc.state == IncidentStates.RESOLVED:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
+            have = {r.host_id for r in await self.store.list_requests(inc.id)}
+            room = MAX_SELECTOR_HOSTS - len(inc.selector_host_ids)
+            added = [h for h in dict.fromkeys(host_ids) if valid_host_id(h) and h not in have][: max(0, room)]
+            if not added:
+                return []
+            now = self.now_ms()
+            expires = now + int(self.request_ttl_s * 1000)
+            requests = [
+                HostRequestRecord(
+                    request_id=_new_request_id(), incident_id=inc.id, host_id=h, state=RequestStates.REQUESTED,
+                    created_at_ms=now, updated_at_ms=now, expires_at_ms=expires,
+                )
+                for h in added
+            ]
+            events = [TimelineEventRecord(inc.id, now, "host_added", message, host_id=h, actor=actor) for h in added]
+            named = inc.selector_host_ids + tuple(h for h in added if h not in inc.selector_host_ids)
+            inc = replace(inc, selector_host_ids=named)
+            await self.store.update_incident(inc, [])
+            await self.store.add_requests(requests, events)
+            await self._deliver(inc, requests)
+            return added
 
     async def on_command_sent(self, host_id: str, command: Command) -> None:
         """Record that the command went out on the agent's stream."""
@@ -502,8 +561,8 @@ class IncidentManager:
         def change(inc: IncidentRecord, now: int) -> tuple[IncidentRecord, TimelineEventRecord]:
             if inc.state == IncidentStates.RESOLVED:
                 raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
-            # A new (equal) record so the event is written.
-            return replace(inc), TimelineEventRecord(inc.id, now, "status_update", message, actor=actor)
+            new = replace(inc, last_status_update_at_ms=now)
+            return new, TimelineEventRecord(inc.id, now, "status_update", message, actor=actor)
 
         return await self._change(incident_id, change)
 

@@ -32,6 +32,8 @@ __all__ = [
     "TimelineEventRecord",
     "BundleRecord",
     "UploadRecord",
+    "EscalationRecord",
+    "AlertRecord",
     "MetadataStore",
     "BlobStore",
     "IncidentStates",
@@ -89,6 +91,12 @@ class IncidentRecord:
     opened_by: str = ""
     acknowledged_at_ms: int = 0
     resolved_at_ms: int = 0
+    # When the current severity was set (opening or the last change): the
+    # runbook's acknowledge timer runs from here.
+    severity_set_at_ms: int = 0
+    last_status_update_at_ms: int = 0
+    # Alertmanager's groupKey when a webhook opened the incident.
+    alert_group_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,37 @@ class UploadRecord:
     bundle: BundleRecord | None = None
 
 
+@dataclass(frozen=True)
+class EscalationRecord:
+    """A breach of the runbook's clock (see :mod:`hostdiag.collector.runbook`).
+
+    ``due_at_ms`` is the deadline that was missed; with the incident and the
+    kind it identifies the breach, so re-evaluating (after a restart, say)
+    never records it twice.  ``seq`` is assigned by the store.
+    """
+
+    incident_id: str
+    kind: str
+    at_ms: int
+    due_at_ms: int
+    message: str
+    severity: int = 0
+    notified: bool = False
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """One Alertmanager alert (by fingerprint) seen on an incident."""
+
+    incident_id: str
+    fingerprint: str
+    alertname: str
+    status: str
+    first_seen_ms: int
+    last_seen_ms: int
+
+
 @runtime_checkable
 class MetadataStore(Protocol):
     async def open(self) -> None: ...
@@ -194,6 +233,34 @@ class MetadataStore(Protocol):
     async def requests_expired(self, now_ms: int, states: Iterable[str]) -> list[HostRequestRecord]: ...
 
     async def list_events(self, incident_id: str) -> list[TimelineEventRecord]: ...
+
+    async def find_unresolved_by_group_key(self, group_key: str) -> IncidentRecord | None:
+        """The newest unresolved incident opened for this Alertmanager group key."""
+        ...
+
+    # runbook breaches
+    async def add_escalations(
+        self, escalations: Sequence[EscalationRecord], events: Sequence[TimelineEventRecord]
+    ) -> list[EscalationRecord]:
+        """Insert the breaches not recorded yet (same incident, kind and
+        ``due_at_ms``) and, for each one inserted, the event at the same index
+        — one transaction.  Returns the inserted ones with their ``seq``."""
+        ...
+
+    async def list_escalations(self, incident_id: str) -> list[EscalationRecord]: ...
+
+    async def unnotified_escalations(self) -> list[EscalationRecord]:
+        """Breaches of unresolved incidents the outgoing webhook has not accepted yet."""
+        ...
+
+    async def mark_escalation_notified(self, seq: int) -> None: ...
+
+    # Alertmanager alerts seen per incident
+    async def list_alerts(self, incident_id: str) -> list[AlertRecord]: ...
+
+    async def put_alerts(self, alerts: Sequence[AlertRecord], events: Sequence[TimelineEventRecord]) -> None:
+        """Insert or update (by incident and fingerprint) and append events — one transaction."""
+        ...
 
     # uploads and bundles
     async def put_upload(self, upload: UploadRecord) -> None: ...

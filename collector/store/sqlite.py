@@ -25,14 +25,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import orjson
 
 from hostdiag.collector.store.base import (
     AgentRecord,
+    AlertRecord,
     BundleRecord,
+    EscalationRecord,
     HostRequestRecord,
     IncidentRecord,
     TimelineEventRecord,
@@ -133,6 +135,42 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # The runbook's clock and Alertmanager: when the severity was set and the
+        # last status update came (timers are derived from these), the group key
+        # of a webhook-opened incident, the breaches, and the alerts seen.
+        """
+        ALTER TABLE incidents ADD COLUMN severity_set_at_ms INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE incidents ADD COLUMN last_status_update_at_ms INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE incidents ADD COLUMN alert_group_key TEXT NOT NULL DEFAULT '';
+        UPDATE incidents SET severity_set_at_ms = opened_at_ms WHERE severity_set_at_ms = 0;
+        UPDATE incidents SET last_status_update_at_ms = COALESCE(
+            (SELECT MAX(at_ms) FROM timeline_events t WHERE t.incident_id = incidents.id AND t.kind = 'status_update'),
+            0);
+        CREATE INDEX incidents_group_key ON incidents (alert_group_key, opened_at_ms) WHERE alert_group_key != '';
+        CREATE TABLE escalations (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            kind TEXT NOT NULL,
+            severity INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL,
+            due_at_ms INTEGER NOT NULL,
+            message TEXT NOT NULL,
+            notified INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (incident_id, kind, due_at_ms)
+        );
+        CREATE TABLE incident_alerts (
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            fingerprint TEXT NOT NULL,
+            alertname TEXT NOT NULL,
+            status TEXT NOT NULL,
+            first_seen_ms INTEGER NOT NULL,
+            last_seen_ms INTEGER NOT NULL,
+            PRIMARY KEY (incident_id, fingerprint)
+        );
+        """,
+    ),
 ]
 
 
@@ -171,6 +209,33 @@ def _incident(row: sqlite3.Row) -> IncidentRecord:
         opened_by=row["opened_by"],
         acknowledged_at_ms=row["acknowledged_at_ms"],
         resolved_at_ms=row["resolved_at_ms"],
+        severity_set_at_ms=row["severity_set_at_ms"],
+        last_status_update_at_ms=row["last_status_update_at_ms"],
+        alert_group_key=row["alert_group_key"],
+    )
+
+
+def _escalation(row: sqlite3.Row) -> EscalationRecord:
+    return EscalationRecord(
+        incident_id=row["incident_id"],
+        kind=row["kind"],
+        at_ms=row["at_ms"],
+        due_at_ms=row["due_at_ms"],
+        message=row["message"],
+        severity=row["severity"],
+        notified=bool(row["notified"]),
+        seq=row["seq"],
+    )
+
+
+def _alert(row: sqlite3.Row) -> AlertRecord:
+    return AlertRecord(
+        incident_id=row["incident_id"],
+        fingerprint=row["fingerprint"],
+        alertname=row["alertname"],
+        status=row["status"],
+        first_seen_ms=row["first_seen_ms"],
+        last_seen_ms=row["last_seen_ms"],
     )
 
 
@@ -387,7 +452,8 @@ class SqliteMetadataStore:
         return (
             i.title, i.severity, i.service, i.state, _dumps(dict(i.selector_labels)),
             _dumps(list(i.selector_host_ids)), i.window_s, i.profile, i.opened_at_ms, i.opened_by,
-            i.acknowledged_at_ms, i.resolved_at_ms, i.id,
+            i.acknowledged_at_ms, i.resolved_at_ms, i.severity_set_at_ms, i.last_status_update_at_ms,
+            i.alert_group_key, i.id,
         )
 
     def _create_incident(
@@ -397,8 +463,9 @@ class SqliteMetadataStore:
             c.execute(
                 """INSERT INTO incidents (title, severity, service, state, selector_labels_json,
                        selector_host_ids_json, window_s, profile, opened_at_ms, opened_by,
-                       acknowledged_at_ms, resolved_at_ms, id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       acknowledged_at_ms, resolved_at_ms, severity_set_at_ms, last_status_update_at_ms,
+                       alert_group_key, id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 self._incident_values(inc),
             )
             c.executemany(
@@ -419,7 +486,8 @@ class SqliteMetadataStore:
             cur = c.execute(
                 """UPDATE incidents SET title = ?, severity = ?, service = ?, state = ?, selector_labels_json = ?,
                        selector_host_ids_json = ?, window_s = ?, profile = ?, opened_at_ms = ?, opened_by = ?,
-                       acknowledged_at_ms = ?, resolved_at_ms = ? WHERE id = ?""",
+                       acknowledged_at_ms = ?, resolved_at_ms = ?, severity_set_at_ms = ?,
+                       last_status_update_at_ms = ?, alert_group_key = ? WHERE id = ?""",
                 self._incident_values(inc),
             )
             if cur.rowcount != 1:
@@ -462,6 +530,94 @@ class SqliteMetadataStore:
                 )
             ]
         )
+
+    async def find_unresolved_by_group_key(self, group_key: str) -> IncidentRecord | None:
+        def read() -> IncidentRecord | None:
+            row = self.conn.execute(
+                """SELECT * FROM incidents WHERE alert_group_key = ? AND alert_group_key != ''
+                       AND state != 'resolved' ORDER BY opened_at_ms DESC, id DESC LIMIT 1""",
+                (group_key,),
+            ).fetchone()
+            return _incident(row) if row else None
+
+        return await self._run(read)
+
+    # -- runbook breaches ----------------------------------------------------------------
+    def _add_escalations(
+        self, escalations: Sequence[EscalationRecord], events: Sequence[TimelineEventRecord]
+    ) -> list[EscalationRecord]:
+        def tx(c: sqlite3.Connection) -> list[EscalationRecord]:
+            inserted: list[EscalationRecord] = []
+            for i, e in enumerate(escalations):
+                cur = c.execute(
+                    """INSERT INTO escalations (incident_id, kind, severity, at_ms, due_at_ms, message, notified)
+                       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, kind, due_at_ms) DO NOTHING""",
+                    (e.incident_id, e.kind, e.severity, e.at_ms, e.due_at_ms, e.message, int(e.notified)),
+                )
+                if cur.rowcount != 1:
+                    continue
+                inserted.append(replace(e, seq=int(cur.lastrowid or 0)))
+                if i < len(events):
+                    self._insert_events(c, [events[i]])
+            return inserted
+
+        return self._write(tx)
+
+    async def add_escalations(
+        self, escalations: Sequence[EscalationRecord], events: Sequence[TimelineEventRecord]
+    ) -> list[EscalationRecord]:
+        return await self._run(self._add_escalations, list(escalations), list(events))
+
+    async def list_escalations(self, incident_id: str) -> list[EscalationRecord]:
+        return await self._run(
+            lambda: [
+                _escalation(r)
+                for r in self.conn.execute("SELECT * FROM escalations WHERE incident_id = ? ORDER BY seq", (incident_id,))
+            ]
+        )
+
+    async def unnotified_escalations(self) -> list[EscalationRecord]:
+        return await self._run(
+            lambda: [
+                _escalation(r)
+                for r in self.conn.execute(
+                    """SELECT e.* FROM escalations e JOIN incidents i ON i.id = e.incident_id
+                       WHERE e.notified = 0 AND i.state != 'resolved' ORDER BY e.seq"""
+                )
+            ]
+        )
+
+    async def mark_escalation_notified(self, seq: int) -> None:
+        await self._run(self._write, lambda c: c.execute("UPDATE escalations SET notified = 1 WHERE seq = ?", (seq,)))
+
+    # -- Alertmanager alerts -------------------------------------------------------------
+    async def list_alerts(self, incident_id: str) -> list[AlertRecord]:
+        return await self._run(
+            lambda: [
+                _alert(r)
+                for r in self.conn.execute(
+                    "SELECT * FROM incident_alerts WHERE incident_id = ? ORDER BY first_seen_ms, fingerprint",
+                    (incident_id,),
+                )
+            ]
+        )
+
+    def _put_alerts(self, alerts: Sequence[AlertRecord], events: Sequence[TimelineEventRecord]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany(
+                """INSERT INTO incident_alerts (incident_id, fingerprint, alertname, status, first_seen_ms,
+                       last_seen_ms) VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (incident_id, fingerprint) DO UPDATE SET alertname = excluded.alertname,
+                       status = excluded.status, last_seen_ms = excluded.last_seen_ms""",
+                [(a.incident_id, a.fingerprint, a.alertname, a.status, a.first_seen_ms, a.last_seen_ms)
+                 for a in alerts],
+            )
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def put_alerts(self, alerts: Sequence[AlertRecord], events: Sequence[TimelineEventRecord]) -> None:
+        await self._run(self._put_alerts, list(alerts), list(events))
 
     # -- host requests -------------------------------------------------------------------
     def _add_requests(self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]) -> None:
