@@ -517,6 +517,9 @@ class Redactor:
         # For picking the rules of a candidate line: each prefilter literal,
         # with the (text rule index, keyword) pairs whose keyword contains it.
         self._text_pairs = self._pairs(self._text_rules)
+        # the same, split: rules selected by the literal alone, and (rule, keyword) pairs to check
+        self._text_exact = tuple(tuple(i for i, _, exact in pairs if exact) for pairs in self._text_pairs)
+        self._text_inexact = tuple(tuple((i, kw) for i, kw, exact in pairs if not exact) for pairs in self._text_pairs)
         self._block_pairs = self._pairs(self._block_rules)
         self._always = frozenset(i for i, r in enumerate(self._text_rules) if r.always)
         self._block_always = frozenset(i for i, r in enumerate(self._block_rules) if r.always)
@@ -743,42 +746,36 @@ class Redactor:
     def _claim_text(self, text: str, low: str, lines: list[tuple[int, int, set[int]]],
                     claims: list[_Claim], guards: list[tuple[int, int]]) -> None:
         rules = self._text_rules
-        pairs_by_id = self._text_pairs
+        exact_rules, inexact_pairs = self._text_exact, self._text_inexact
         always = self._always
-        # 1. Which rules may run on which line: a rule runs on a line that
-        #    holds one of its keywords.  (Inlined: this loop runs for every
-        #    candidate line of every block.)
-        picked: list[tuple[int, int, set[int]]] = []
+        searches = [(r.regex.search, low if r.on_lower else text, r) for r in rules]
+        picked = False
+        # This loop runs for every candidate line of every block: keep it lean.
         for start, end, ids in lines:
+            # The rules that may run here: those with a keyword in the line.
+            selected: set[int] = set(always)
             low_line = None
-            selected: set[int] | None = None
             for lit_id in ids:
-                for rule_index, kw, exact in pairs_by_id[lit_id]:
-                    if not exact:
-                        if low_line is None:
-                            low_line = low[start:end]
-                        if kw not in low_line:
-                            continue
-                    if selected is None:
-                        selected = {rule_index}
-                    else:
+                selected.update(exact_rules[lit_id])
+                for rule_index, kw in inexact_pairs[lit_id]:
+                    if low_line is None:
+                        low_line = low[start:end]
+                    if kw in low_line:
                         selected.add(rule_index)
-            if always:
-                selected = (selected or set()) | always
-            if selected:
-                picked.append((start, end, selected))
+            if not selected:
+                continue
+            picked = True
+            for rule_index in (selected if len(selected) == 1 else sorted(selected)):
+                search, haystack, rule = searches[rule_index]
+                m = search(haystack, start, end)
+                while m is not None:
+                    self._claim_match(m, rule, 0, text, claims)
+                    pos = m.end() if m.end() > m.start() else m.end() + 1
+                    m = search(haystack, pos, end) if pos < end else None
         if not picked:
             return
-        # 2. Run each picked rule on its line.  (Joining the lines and running
-        #    each rule once over them was measured: it is slower, because a
-        #    pattern without a literal prefix scans the joined text slowly.)
-        for start, end, selected in picked:
-            for rule_index in (selected if len(selected) == 1 else sorted(selected)):
-                rule = rules[rule_index]
-                for m in rule.regex.finditer(low if rule.on_lower else text, start, end):
-                    self._claim_match(m, rule, 0, text, claims)
         if claims:
-            self._drop_protected(text, low, picked, claims, guards)
+            self._drop_protected(text, low, lines, claims, guards)
 
     def _claim_match(self, m: re.Match[str], rule: _TextRule, shift: int, text: str, claims: list[_Claim]) -> None:
         for g in rule.groups:
