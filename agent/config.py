@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket as _socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from hostdiag.agent.configfile import ConfigError, load_dataclass, read_toml
+from hostdiag.agent.probes import ProbeSection
 
 __all__ = [
     "AgentConfig",
@@ -28,6 +30,8 @@ __all__ = [
     "RedactionSection",
     "CollectorSection",
     "SpoolSection",
+    "ProbeSection",
+    "ExpectSection",
     "ConfigError",
     "load_config",
     "default_data_dir",
@@ -233,6 +237,39 @@ class SpoolSection:
 
 
 @dataclass(frozen=True)
+class ExpectSection:
+    """What this host is expected to run (``[expect]``): read by the ``declared`` source."""
+
+    processes: tuple[str, ...] = field(
+        default=(), metadata={"doc": "processes that should run: a name, or re:REGEX over name and command line"}
+    )
+    ports: tuple[int, ...] = field(default=(), metadata={"doc": "TCP ports that should be listening"})
+    critical_processes: tuple[str, ...] = field(
+        default=(), metadata={"doc": "process names whose OOM kill is a P2 signal"}
+    )
+
+    def validate(self) -> None:
+        for i, entry in enumerate(self.processes):
+            if not entry or (entry.startswith("re:") and not entry[3:]):
+                raise ValueError((f"processes[{i}]", "must not be empty"))
+            if entry.startswith("re:"):
+                try:
+                    re.compile(entry[3:])
+                except re.error as exc:
+                    raise ValueError((f"processes[{i}]", f"is not a valid regular expression: {exc}")) from None
+            if self.processes.index(entry) != i:
+                raise ValueError((f"processes[{i}]", f"listed twice: {entry!r}"))
+        for i, port in enumerate(self.ports):
+            if not 0 < port < 65536:
+                raise ValueError((f"ports[{i}]", f"must be a port from 1 to 65535, got {port}"))
+            if self.ports.index(port) != i:
+                raise ValueError((f"ports[{i}]", f"listed twice: {port}"))
+        for i, name in enumerate(self.critical_processes):
+            if not name:
+                raise ValueError((f"critical_processes[{i}]", "must not be empty"))
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection = field(default_factory=AgentSection)
     recorder: RecorderSection = field(default_factory=RecorderSection)
@@ -245,6 +282,8 @@ class AgentConfig:
     redaction: RedactionSection = field(default_factory=RedactionSection)
     collector: CollectorSection = field(default_factory=CollectorSection)
     spool: SpoolSection = field(default_factory=SpoolSection)
+    probes: tuple[ProbeSection, ...] = ()
+    expect: ExpectSection = field(default_factory=ExpectSection)
     sources: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     file: str = "<defaults>"
 
@@ -295,7 +334,10 @@ def load_config(path: str | None) -> AgentConfig:
 def parse_config(data: dict[str, Any], file: str) -> AgentConfig:
     from hostdiag.agent.sources import REGISTRY
 
-    known = {"agent", "recorder", "logs", "journal", "bundle", "profiles", "redaction", "sources", "collector", "spool"}
+    known = {
+        "agent", "recorder", "logs", "journal", "bundle", "profiles", "redaction", "sources", "collector", "spool",
+        "probes", "expect",
+    }
     for key in data:
         if key not in known:
             raise ConfigError(file, key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -308,6 +350,7 @@ def parse_config(data: dict[str, Any], file: str) -> AgentConfig:
         "redaction": RedactionSection,
         "collector": CollectorSection,
         "spool": SpoolSection,
+        "expect": ExpectSection,
     }
     updates: dict[str, Any] = {}
     for key, cls in simple.items():
@@ -322,6 +365,17 @@ def parse_config(data: dict[str, Any], file: str) -> AgentConfig:
         for i, n in enumerate(names):
             if names.index(n) != i:
                 raise ConfigError(file, f"logs[{i}]", f"duplicate log name or path {n!r}")
+    if "probes" in data:
+        probes = data["probes"]
+        if not isinstance(probes, list):
+            raise ConfigError(file, "probes", "expected an array of tables ([[probes]])")
+        updates["probes"] = tuple(
+            load_dataclass(ProbeSection, t, file, f"probes[{i}]") for i, t in enumerate(probes)
+        )
+        probe_names = [p.name for p in updates["probes"]]
+        for i, n in enumerate(probe_names):
+            if probe_names.index(n) != i:
+                raise ConfigError(file, f"probes[{i}].name", f"duplicate probe name {n!r}")
     if "sources" in data:
         table = data["sources"]
         if not isinstance(table, dict):

@@ -28,6 +28,7 @@ from hostdiag.agent.api import LocalApiServer
 from hostdiag.agent.bundle import remove_stale_temp
 from hostdiag.agent.config import AgentConfig, ConfigError, load_config
 from hostdiag.agent.logsetup import setup_logging
+from hostdiag.agent.probes import ProbeRunner, probe_ring
 from hostdiag.agent.recorder.recorder import FlightRecorder
 from hostdiag.agent.redact import load_redactor
 from hostdiag.agent.sdnotify import Notifier
@@ -79,6 +80,11 @@ class Agent:
             TopSampler(self.probe),
             self.tail,
         )
+        # Health probes: the recorder's probes ring holds the window's results of all of them.
+        self.probe_runner: ProbeRunner | None = None
+        if config.probes:
+            self.recorder.probes = probe_ring(config.probes, rec.window_s)
+            self.probe_runner = ProbeRunner(config.probes, self.recorder)
         self.api = LocalApiServer(
             config.socket_path, status=self.status, collect=self.collect, group=config.agent.socket_group
         )
@@ -127,6 +133,7 @@ class Agent:
             "max_loop_lag_ms": round(self.max_loop_lag_s * 1000, 2),
             "collector": self.uploader.status() if self.uploader is not None else None,
             "spool": self.spool.status() if self.spool is not None else None,
+            "probes": self.probe_runner.status() if self.probe_runner is not None else None,
             "bundle_dir": self.config.bundle_dir,
         }
 
@@ -232,6 +239,8 @@ class Agent:
                 ]
                 if self.uploader is not None:
                     tasks.append(tg.create_task(self.uploader.run(), name="uploader"))
+                if self.probe_runner is not None:
+                    tasks.append(tg.create_task(self.probe_runner.run(), name="probes"))
                 await stop.wait()
                 self.notifier.stopping()
                 for task in tasks:

@@ -8,10 +8,12 @@ in ``tests/unit/agent/sources/test_conformance.py`` checks every entry.
 from __future__ import annotations
 
 from hostdiag.agent.sources.base import Source, SourceConfig, SourceSkipped, SnapshotContext
+from hostdiag.agent.sources.declared import DeclaredSource
 from hostdiag.agent.sources.host import HostSource
 from hostdiag.agent.sources.journal import JournalSource
 from hostdiag.agent.sources.kernel import KernelSource
 from hostdiag.agent.sources.logs import LogsSource
+from hostdiag.agent.sources.probes import ProbesSource
 from hostdiag.agent.sources.processes import ProcessesSource
 from hostdiag.agent.sources.psi import PsiSource
 from hostdiag.agent.sources.recorder import RecorderSource
@@ -31,6 +33,8 @@ REGISTRY: dict[str, type[Source]] = {
         PsiSource,
         KernelSource,
         UnitsSource,
+        ProbesSource,
+        DeclaredSource,
         LogsSource,
         JournalSource,
     )
