@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from hostdiag.agent.configfile import ConfigError, load_dataclass, read_toml
@@ -135,6 +137,67 @@ class CollectorSection:
     http_max_connections: int = field(
         default=256, metadata={"min": 1, "max": 65536, "doc": "HTTP connections served at once"}
     )
+    # The runbook's clock (docs/runbook-clock.md); defaults are the runbook's.
+    ack_deadline_p1_s: float = field(
+        default=300.0, metadata={"min": 10, "max": 7 * 86400, "doc": "acknowledge a P1 within this"}
+    )
+    ack_deadline_p2_s: float = field(
+        default=900.0, metadata={"min": 10, "max": 7 * 86400, "doc": "acknowledge a P2 within this"}
+    )
+    ack_deadline_p3_s: float = field(
+        default=1800.0, metadata={"min": 10, "max": 7 * 86400, "doc": "acknowledge a P3 within this"}
+    )
+    ack_deadline_p4_s: float = field(
+        default=86400.0, metadata={"min": 10, "max": 7 * 86400, "doc": "acknowledge a P4 within this"}
+    )
+    p1_unresolved_after_s: float = field(
+        default=900.0, metadata={"min": 10, "max": 7 * 86400, "doc": "escalate a P1 still unresolved after this"}
+    )
+    p1_status_update_interval_s: float = field(
+        default=300.0,
+        metadata={"min": 10, "max": 86400, "doc": "escalate a taken P1 with no status update for this long"},
+    )
+    runbook_check_interval_s: float = field(
+        default=5.0, metadata={"min": 0.05, "max": 600, "doc": "how often the runbook timers are evaluated"}
+    )
+    escalation_webhook_url: str = field(
+        default="", metadata={"doc": "http(s) URL that gets a JSON POST per runbook breach; empty: none"}
+    )
+    escalation_webhook_timeout_s: float = field(
+        default=10.0, metadata={"min": 0.1, "max": 300, "doc": "time for one webhook attempt"}
+    )
+    escalation_webhook_max_attempts: int = field(
+        default=5, metadata={"min": 1, "max": 20, "doc": "webhook attempts per breach (backoff 1 s doubling, max 60 s)"}
+    )
+    escalation_webhook_queue_length: int = field(
+        default=1000, metadata={"min": 1, "max": 100000, "doc": "breaches waiting for the webhook; oldest dropped beyond"}
+    )
+    # Alertmanager in (docs/alertmanager.md).
+    alertmanager_enabled: bool = field(default=True, metadata={"doc": "serve POST /api/v1/alertmanager"})
+    alertmanager_max_body_bytes: int = field(
+        default=1 * MiB,
+        metadata={"size": True, "min": 1 * KiB, "max": 64 * MiB, "doc": "largest Alertmanager notification (413)"},
+    )
+    alertmanager_host_labels: tuple[str, ...] = field(
+        default=("host", "instance"),
+        metadata={"doc": "alert labels naming a host, tried in order (a :port is dropped)"},
+    )
+    alertmanager_selector_labels: tuple[str, ...] = field(
+        default=("service",), metadata={"doc": "group-wide alert labels copied into the host selector"}
+    )
+    alertmanager_service_label: str = field(default="service", metadata={"doc": "alert label giving the service"})
+    alertmanager_severity_label: str = field(
+        default="severity", metadata={"nonempty": True, "doc": "alert label giving the severity"}
+    )
+    alertmanager_severities: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType(
+            {"critical": "P1", "error": "P2", "high": "P2", "warning": "P3", "info": "P4"}
+        ),
+        metadata={"doc": "severity label value to P1..P4 (the highest of a group wins)"},
+    )
+    alertmanager_default_severity: str = field(
+        default="P3", metadata={"choices": ("P1", "P2", "P3", "P4"), "doc": "severity when no alert maps to one"}
+    )
 
     def validate(self) -> None:
         for key in ("listen", "http_listen"):
@@ -158,6 +221,19 @@ class CollectorSection:
             raise ValueError(("max_chunk_bytes", "must not exceed max_bundle_bytes"))
         if self.heartbeat_timeout_s and self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError(("heartbeat_timeout_s", "must be longer than heartbeat_interval_s"))
+        if self.escalation_webhook_url:
+            from hostdiag.collector.webhook import parse_webhook_url
+
+            try:
+                parse_webhook_url(self.escalation_webhook_url)
+            except ValueError as exc:
+                raise ValueError(("escalation_webhook_url", str(exc))) from None
+        for name, value in self.alertmanager_severities.items():
+            if value not in ("P1", "P2", "P3", "P4"):
+                raise ValueError((f"alertmanager_severities.{name}", f"must be P1, P2, P3 or P4, got {value!r}"))
+        for key in ("alertmanager_host_labels", "alertmanager_selector_labels"):
+            if any(not label for label in getattr(self, key)):
+                raise ValueError((key, "label names must not be empty"))
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,14 @@ Endpoints::
     GET /healthz                    200 "ok", 503 "shutting down"
     GET /metrics                    Prometheus text format 0.0.4
     GET|HEAD /api/v1/bundles/<id>   the bundle file; Range: bytes=a-b | a- | -n
+    POST <body route>               e.g. /api/v1/alertmanager (:class:`BodyRoute`)
 
 Strictness: only GET and HEAD (405 with ``Allow``), HTTP/1.0 and 1.1 (505),
 the request line and headers together at most ``http_header_bytes`` (431),
 at most 100 header lines, no obsolete line folding, no request body (400),
 one ``Host`` at most; anything malformed is 400 with the reason in the body.
+A :class:`BodyRoute` takes ``POST`` only (405), with one of its media types
+(415), a ``Content-Length`` (411; no chunked bodies) of at most its cap (413).
 Each request head must arrive within ``http_timeout_s``, an idle keep-alive
 connection is closed after it, and a client that stops reading for that long
 is disconnected.  At most ``http_max_connections`` connections are served at
@@ -29,7 +32,7 @@ import contextlib
 import email.utils
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +41,9 @@ from hostdiag.collector.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hostdiag.collector.store.base import BlobStore, MetadataStore
 from hostdiag.collector.store.blobs import is_bundle_id
 
-__all__ = ["HttpServer", "parse_range", "RangeNotSatisfiable", "parse_request_head", "HttpError", "Request"]
+__all__ = [
+    "HttpServer", "parse_range", "RangeNotSatisfiable", "parse_request_head", "HttpError", "Request", "BodyRoute",
+]
 
 log = logging.getLogger("hostdiag.collector.http")
 
@@ -48,8 +53,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _REASONS = {
-    200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 416: "Range Not Satisfiable",
+    200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
@@ -105,6 +112,10 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
+    def content_length(self) -> int:
+        return int(self.headers.get("content-length") or 0)
+
+    @property
     def keep_alive(self) -> bool:
         conn = self.headers.get("connection", "").lower()
         if self.version == "HTTP/1.0":
@@ -112,8 +123,12 @@ class Request:
         return "close" not in conn
 
 
-def parse_request_head(head: bytes) -> Request:
-    """Parse a request line and headers (``head`` ends with CRLF CRLF)."""
+def parse_request_head(head: bytes, body_paths: Container[str] = ()) -> Request:
+    """Parse a request line and headers (``head`` ends with CRLF CRLF).
+
+    Only a request for one of ``body_paths`` may announce a body, and only with
+    ``Content-Length``.
+    """
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
@@ -154,10 +169,31 @@ def parse_request_head(head: bytes) -> Request:
             headers[key] += ", " + value
         else:
             headers[key] = value
-    if "transfer-encoding" in headers or headers.get("content-length", "0") not in ("0", ""):
-        raise HttpError(400, "request bodies are not accepted")
     path = target.split("?", 1)[0]
+    if path in body_paths:
+        if "transfer-encoding" in headers:
+            raise HttpError(400, "Transfer-Encoding is not accepted; send the body with Content-Length")
+        length = headers.get("content-length")
+        if length is not None and not (length.isdigit() and len(length) <= 18):
+            raise HttpError(400, "malformed Content-Length")
+    elif "transfer-encoding" in headers or headers.get("content-length", "0") not in ("0", ""):
+        raise HttpError(400, "request bodies are not accepted")
     return Request(method=method, target=target, path=path, version=version, headers=headers)
+
+
+@dataclass(frozen=True)
+class BodyRoute:
+    """A ``POST`` endpoint that reads a request body.
+
+    ``handler(request, body)`` returns (status, headers, body).  ``authorize``,
+    when set, sees the request head before the body is read and returns a
+    problem (answered 401) or None: API tokens plug in here.
+    """
+
+    handler: Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
+    max_body_bytes: int
+    content_types: tuple[str, ...] = ("application/json",)
+    authorize: Callable[[Request], str | None] | None = None
 
 
 @dataclass
@@ -184,7 +220,9 @@ class HttpServer:
         header_bytes: int = 8192,
         timeout_s: float = 30.0,
         max_connections: int = 256,
+        body_routes: Mapping[str, BodyRoute] | None = None,
     ) -> None:
+        self.body_routes = dict(body_routes or {})
         self.store = store
         self.blobs = blobs
         self.render_metrics = render_metrics
@@ -249,18 +287,23 @@ class HttpServer:
                 await self._send(writer, self._error(431, "request head too large"), head_only=False, close=True)
                 return
             try:
-                request = parse_request_head(head)
+                request = parse_request_head(head, self.body_routes)
             except HttpError as exc:
                 await self._send(writer, self._error(exc.status, exc.reason, exc.headers), head_only=False, close=True)
                 return
+            body_read = True
             try:
-                response = await self._route(request)
+                route = self.body_routes.get(request.path)
+                if route is not None:
+                    response, body_read = await self._body_route(route, request, reader)
+                else:
+                    response = await self._route(request)
             except HttpError as exc:
                 response = self._error(exc.status, exc.reason, exc.headers)
             except Exception:
                 log.exception("http handler failed", extra={"event": "http_handler_error", "path": request.path})
                 response = self._error(500, "internal error")
-            keep = request.keep_alive and response.status < 500
+            keep = request.keep_alive and response.status < 500 and body_read
             await self._send(writer, response, head_only=request.method == "HEAD", close=not keep,
                              version=request.version)
             if not keep:
@@ -273,6 +316,28 @@ class HttpServer:
         h = {"Content-Type": "text/plain; charset=utf-8"}
         h.update(headers or {})
         return _Response(status, h, body)
+
+    async def _body_route(
+        self, route: BodyRoute, request: Request, reader: asyncio.StreamReader
+    ) -> tuple[_Response, bool]:
+        """Answer a body route; the flag says whether the body was consumed (keep-alive possible)."""
+        no_body = request.content_length == 0
+        if request.method != "POST":
+            return self._error(405, f"method {request.method} not allowed", {"Allow": "POST"}), no_body
+        if route.authorize is not None:
+            problem = route.authorize(request)
+            if problem:
+                return self._error(401, problem, {"WWW-Authenticate": 'Bearer realm="hostdiag"'}), no_body
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media not in route.content_types:
+            return self._error(415, f"Content-Type must be {' or '.join(route.content_types)}"), no_body
+        if "content-length" not in request.headers:
+            return self._error(411, "Content-Length is required"), False
+        if request.content_length > route.max_body_bytes:
+            return self._error(413, f"body larger than {route.max_body_bytes} bytes"), False
+        body = await asyncio.wait_for(reader.readexactly(request.content_length), self.timeout_s)
+        status, headers, payload = await route.handler(request, body)
+        return _Response(status, headers, payload), True
 
     async def _route(self, request: Request) -> _Response:
         path = request.path

@@ -251,7 +251,6 @@ class RunbookClock:
         # Breaches known to be recorded, so a pass does not ask the store again
         # every few seconds for an incident that stays overdue.
         self._recorded: set[tuple[str, str, int]] = set()
-        self.overdue_incidents = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -264,10 +263,8 @@ class RunbookClock:
             by_id = {inc.id: inc for inc in unresolved}
             candidates: list[EscalationRecord] = []
             events: list[TimelineEventRecord] = []
-            overdue = 0
             for inc in unresolved:
                 due = [d for d in deadlines(inc, self.policy) if now >= d.due_at_ms]
-                overdue += bool(due)
                 for d in due:
                     if (inc.id, d.kind, d.due_at_ms) in self._recorded:
                         continue
@@ -280,7 +277,6 @@ class RunbookClock:
             inserted = await self.store.add_escalations(candidates, events) if candidates else []
             self._recorded = {key for key in self._recorded if key[0] in by_id}
             self._recorded.update((e.incident_id, e.kind, e.due_at_ms) for e in candidates)
-            self.overdue_incidents = overdue
         for e in inserted:
             log.warning(
                 "runbook breach",
@@ -295,6 +291,14 @@ class RunbookClock:
     def _notify(self, escalation: EscalationRecord, inc: IncidentRecord) -> None:
         if self.notifier is not None:
             self.notifier.submit(escalation.seq, escalation_payload(escalation, inc))
+
+    async def count_overdue(self) -> int:
+        """Unresolved incidents with an open breach (the ``incidents_overdue`` gauge)."""
+        count = 0
+        for inc in await self.store.unresolved_incidents():
+            if open_breaches(inc, await self.store.list_escalations(inc.id)):
+                count += 1
+        return count
 
     async def resend_unnotified(self) -> int:
         """Queue the breaches of unresolved incidents the webhook has not accepted (at start)."""

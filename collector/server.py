@@ -39,16 +39,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hostdiag.collector.agent_service import AgentServicer
+from hostdiag.collector.alertmanager import PATH as ALERTMANAGER_PATH
+from hostdiag.collector.alertmanager import AlertMapping, AlertmanagerReceiver
 from hostdiag.collector.api import BundleServicer, FleetServicer, IncidentServicer
 from hostdiag.collector.config import CollectorConfig, split_host_port
 from hostdiag.collector.fleet import Fleet
-from hostdiag.collector.http import HttpServer
+from hostdiag.collector.http import BodyRoute, HttpServer
 from hostdiag.collector.incidents import IncidentManager
 from hostdiag.collector.ingest import Ingest, IngestCounters, IngestLimits
 from hostdiag.collector.metrics import Registry
+from hostdiag.collector.runbook import RunbookClock, RunbookPolicy
 from hostdiag.collector.store.base import IncidentStates, RequestStates
 from hostdiag.collector.store.blobs import FileBlobStore, StagingArea
 from hostdiag.collector.store.sqlite import SqliteMetadataStore
+from hostdiag.collector.webhook import WebhookNotifier
 from hostdiag.v1 import agent_pb2, agent_pb2_grpc, bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from hostdiag.v1 import incident_pb2, incident_pb2_grpc
 
@@ -95,10 +99,33 @@ class Collector:
         self.fleet = Fleet()
         self.metrics = Registry()
         self._counts: dict[str, dict[str, int]] = {"incidents": {}, "requests": {}}
+        self._overdue = 0
+        self.notifier: WebhookNotifier | None = None
         self._define_metrics()
         self.incidents = IncidentManager(
             self.store, self.fleet, request_ttl_s=c.request_ttl_s, default_window_s=c.default_window_s, clock=clock
         )
+        if c.escalation_webhook_url:
+            self.notifier = WebhookNotifier(
+                c.escalation_webhook_url,
+                timeout_s=c.escalation_webhook_timeout_s,
+                max_attempts=c.escalation_webhook_max_attempts,
+                queue_length=c.escalation_webhook_queue_length,
+                results=self._webhook_results,
+            )
+        self.runbook = RunbookClock(
+            self.store, self.incidents, RunbookPolicy.from_config(c), clock=clock, notifier=self.notifier,
+            breaches=self._breaches,
+        )
+        if self.notifier is not None:
+            self.notifier.on_delivered = self.runbook.mark_notified
+        self.alertmanager = AlertmanagerReceiver(
+            self.incidents, self.store, AlertMapping.from_config(c), results=self._alertmanager_results
+        )
+        body_routes: dict[str, BodyRoute] = {}
+        if c.alertmanager_enabled:
+            # Loopback only for now (http_listen); API tokens will be checked in BodyRoute.authorize.
+            body_routes[ALERTMANAGER_PATH] = BodyRoute(self.alertmanager.handle_http, c.alertmanager_max_body_bytes)
         self.ingest = Ingest(
             self.store,
             self.blobs,
@@ -140,6 +167,7 @@ class Collector:
             header_bytes=c.http_header_bytes,
             timeout_s=c.http_timeout_s,
             max_connections=c.http_max_connections,
+            body_routes=body_routes,
         )
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -165,10 +193,28 @@ class Collector:
         self._rejections = m.counter(
             "hostdiag_collector_upload_rejections_total", "Upload and QueryUpload calls refused, by reason.", ["reason"]
         )
+        self._breaches = m.counter(
+            "hostdiag_collector_runbook_breaches_total", "Runbook timer breaches recorded, by kind and severity.",
+            ["kind", "severity"],
+        )
+        m.gauge("hostdiag_collector_incidents_overdue", "Unresolved incidents with an open runbook breach.",
+                callback=lambda: float(self._overdue))
+        self._webhook_results = m.counter(
+            "hostdiag_collector_escalation_notifications_total",
+            "Escalation webhook notifications by result (delivered, failed, dropped).", ["result"],
+        )
+        m.gauge("hostdiag_collector_escalation_webhook_queue_length", "Escalations waiting for the webhook.",
+                callback=lambda: float(len(self.notifier)) if self.notifier is not None else 0.0)
+        self._alertmanager_results = m.counter(
+            "hostdiag_collector_alertmanager_notifications_total",
+            "Alertmanager notifications by result (opened, updated, resolved, unchanged, ignored, rejected).",
+            ["result"],
+        )
 
     async def render_metrics(self) -> str:
         self._counts["incidents"] = await self.store.count_incidents()
         self._counts["requests"] = await self.store.count_requests()
+        self._overdue = await self.runbook.count_overdue()
         return self.metrics.render()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -214,7 +260,11 @@ class Collector:
         self._tasks = [
             asyncio.create_task(self.incidents.run_expiry(c.expiry_check_interval_s), name="request-expiry"),
             asyncio.create_task(self.ingest.run_sweeper(min(3600.0, c.upload_retention_s / 4)), name="upload-sweep"),
+            asyncio.create_task(self.runbook.run(c.runbook_check_interval_s), name="runbook-clock"),
         ]
+        if self.notifier is not None:
+            await self.runbook.resend_unnotified()
+            self._tasks.append(asyncio.create_task(self.notifier.run(), name="escalation-webhook"))
         log.info(
             "collector serving",
             extra={"event": "collector_started", "grpc": self.grpc_address, "http": self.http_address,
