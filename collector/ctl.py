@@ -4,7 +4,7 @@ It talks to a collector's gRPC API (``IncidentService``, ``BundleService``,
 ``FleetService``)::
 
     collectorctl incident open --title "API down" --severity P1 --select role=api
-    collectorctl incident list [--state open|acknowledged|resolved] [--limit N]
+    collectorctl incident list [--state open|acknowledged|resolved] [--overdue] [--limit N]
     collectorctl incident show|ack ID
     collectorctl incident update ID --message M
     collectorctl incident resolve ID [--message M]
@@ -52,6 +52,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import hostdiag
 from hostdiag.agent.bundle import bundle_file_name, verify_bundle
 from hostdiag.collector.config import split_host_port
+from hostdiag.collector.runbook import breach_is_open
 from hostdiag.v1 import bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc, incident_pb2, incident_pb2_grpc
 
 __all__ = [
@@ -259,8 +260,8 @@ class CollectorClient:
     def open_incident(self, request: incident_pb2.OpenIncidentRequest) -> incident_pb2.Incident:
         return self._unary(self._incidents.OpenIncident, request).incident
 
-    def list_incidents(self, state: int = 0, limit: int = 0) -> list[incident_pb2.Incident]:
-        request = incident_pb2.ListIncidentsRequest(state=state, limit=limit)  # type: ignore[arg-type]
+    def list_incidents(self, state: int = 0, limit: int = 0, overdue: bool = False) -> list[incident_pb2.Incident]:
+        request = incident_pb2.ListIncidentsRequest(state=state, limit=limit, overdue=overdue)  # type: ignore[arg-type]
         return list(self._unary(self._incidents.ListIncidents, request).incidents)
 
     def get_incident(self, incident_id: str) -> incident_pb2.Incident:
@@ -417,7 +418,25 @@ def _ms_or_none(value: int) -> int | None:
     return value or None
 
 
+def open_escalations(inc: incident_pb2.Incident) -> list[incident_pb2.Escalation]:
+    """The runbook breaches of ``inc`` that still stand (an overdue incident has at least one)."""
+    state = {incident_pb2.INCIDENT_STATE_OPEN: "open", incident_pb2.INCIDENT_STATE_ACKNOWLEDGED: "acknowledged",
+             incident_pb2.INCIDENT_STATE_RESOLVED: "resolved"}.get(inc.state, "")
+    return [
+        e for e in inc.escalations
+        if breach_is_open(e.kind, e.at_unix_ms, state=state, severity=int(inc.severity),
+                          severity_set_at_ms=inc.severity_set_at_unix_ms or inc.opened_at_unix_ms,
+                          acknowledged_at_ms=inc.acknowledged_at_unix_ms,
+                          last_status_update_at_ms=inc.last_status_update_at_unix_ms)
+    ]
+
+
+def _state_text(inc: incident_pb2.Incident) -> str:
+    return incident_state_name(inc.state) + (",overdue" if open_escalations(inc) else "")
+
+
 def incident_to_dict(inc: incident_pb2.Incident) -> dict[str, Any]:
+    still_open = {(e.kind, e.at_unix_ms) for e in open_escalations(inc)}
     return {
         "id": inc.id,
         "title": inc.title,
@@ -430,6 +449,15 @@ def incident_to_dict(inc: incident_pb2.Incident) -> dict[str, Any]:
         "opened_at_unix_ms": _ms_or_none(inc.opened_at_unix_ms),
         "acknowledged_at_unix_ms": _ms_or_none(inc.acknowledged_at_unix_ms),
         "resolved_at_unix_ms": _ms_or_none(inc.resolved_at_unix_ms),
+        "severity_set_at_unix_ms": _ms_or_none(inc.severity_set_at_unix_ms),
+        "last_status_update_at_unix_ms": _ms_or_none(inc.last_status_update_at_unix_ms),
+        "alert_group_key": inc.alert_group_key or None,
+        "overdue": bool(still_open),
+        "escalations": [
+            {"kind": e.kind, "at_unix_ms": e.at_unix_ms, "message": e.message, "notified": e.notified,
+             "open": (e.kind, e.at_unix_ms) in still_open}
+            for e in inc.escalations
+        ],
         "hosts": [
             {
                 "host_id": h.host_id,
@@ -487,13 +515,14 @@ def render_incident_list(incidents: Sequence[incident_pb2.Incident]) -> str:
     rows = []
     for inc in incidents:
         attached = sum(1 for h in inc.hosts if h.state == incident_pb2.HOST_REQUEST_STATE_ATTACHED)
-        rows.append((inc.id, severity_name(inc.severity), incident_state_name(inc.state),
+        rows.append((inc.id, severity_name(inc.severity), _state_text(inc),
                      format_time(inc.opened_at_unix_ms), f"{attached}/{len(inc.hosts)}", inc.service or "-",
                      _one_line(inc.title)))
     return format_table(("ID", "SEV", "STATE", "OPENED", "BUNDLES", "SERVICE", "TITLE"), rows)
 
 
 def render_incident(inc: incident_pb2.Incident, bundles: Sequence[bundle_pb2.Bundle] = ()) -> str:
+    overdue = ", ".join(dict.fromkeys(e.kind for e in open_escalations(inc)))
     opened = format_time(inc.opened_at_unix_ms)
     if inc.opened_by:
         opened += f" by {inc.opened_by}"
@@ -501,7 +530,7 @@ def render_incident(inc: incident_pb2.Incident, bundles: Sequence[bundle_pb2.Bun
         ("incident", inc.id),
         ("title", _one_line(inc.title)),
         ("severity", severity_name(inc.severity)),
-        ("state", incident_state_name(inc.state)),
+        ("state", incident_state_name(inc.state) + (f" (overdue: {overdue})" if overdue else "")),
         ("service", inc.service or "-"),
         ("selector", selector_text(inc.selector)),
         ("window", f"{inc.window_seconds:g} s"),
@@ -533,6 +562,15 @@ def render_incident(inc: incident_pb2.Incident, bundles: Sequence[bundle_pb2.Bun
     else:
         out.append("bundles: none yet")
     out.append("")
+    if inc.escalations:
+        still_open = {(e.kind, e.at_unix_ms) for e in open_escalations(inc)}
+        out.append(f"escalations ({len(inc.escalations)})")
+        out.append(format_table(
+            ("TIME", "KIND", "STATUS", "NOTIFIED", "MESSAGE"),
+            [(format_time(e.at_unix_ms), e.kind, "open" if (e.kind, e.at_unix_ms) in still_open else "closed",
+              "yes" if e.notified else "no", _one_line(e.message)) for e in inc.escalations],
+        ))
+        out.append("")
     out.append(f"timeline ({len(inc.timeline)})")
     if inc.timeline:
         out.append(format_table(
@@ -860,7 +898,7 @@ class _Client(Protocol):
     address: str
 
     def open_incident(self, request: incident_pb2.OpenIncidentRequest) -> incident_pb2.Incident: ...
-    def list_incidents(self, state: int = ..., limit: int = ...) -> list[incident_pb2.Incident]: ...
+    def list_incidents(self, state: int = ..., limit: int = ..., overdue: bool = ...) -> list[incident_pb2.Incident]: ...
     def get_incident(self, incident_id: str) -> incident_pb2.Incident: ...
     def acknowledge_incident(self, incident_id: str) -> incident_pb2.Incident: ...
     def post_status_update(self, incident_id: str, message: str) -> incident_pb2.Incident: ...
@@ -929,7 +967,10 @@ def cmd_incident_open(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_incident_list(args: argparse.Namespace, ctx: Context) -> int:
     state = _INCIDENT_STATE_VALUE[args.state] if args.state else 0
-    incidents = ctx.client.list_incidents(state, args.limit or 0)
+    if args.overdue:
+        incidents = ctx.client.list_incidents(state, args.limit or 0, overdue=True)
+    else:
+        incidents = ctx.client.list_incidents(state, args.limit or 0)
     if ctx.json:
         ctx.emit([incident_to_dict(i) for i in incidents])
     else:
@@ -1145,6 +1186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = isub.add_parser("list", parents=[common], help="list incidents, newest first")
     p.add_argument("--state", choices=tuple(_INCIDENT_STATE_VALUE), help="only incidents in this state")
+    p.add_argument("--overdue", action="store_true",
+                   help="only unresolved incidents with a runbook timer breached (ack, P1 unresolved, P1 update)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="at most N incidents (default: the collector's, 100)")
     p.set_defaults(func=cmd_incident_list)
 
