@@ -32,6 +32,7 @@ __all__ = [
     "TimelineEventRecord",
     "BundleRecord",
     "UploadRecord",
+    "EvidenceRecord",
     "EscalationRecord",
     "AlertRecord",
     "MetadataStore",
@@ -136,6 +137,20 @@ class BundleRecord:
     request_id: str = ""
     profile: str = ""
     trigger: str = ""
+    # evidence.json as kept for the signal rules: publish_bundle writes it to its own
+    # table; bundle reads leave it empty (see evidence_for_incident).
+    evidence_json: str = ""
+
+
+@dataclass(frozen=True)
+class EvidenceRecord:
+    """The evidence kept for one stored bundle (what the signal rules read)."""
+
+    bundle_id: str
+    host_id: str
+    incident_id: str
+    received_at_ms: int
+    evidence_json: str
 
 
 @dataclass(frozen=True)
@@ -297,6 +312,22 @@ class MetadataStore(Protocol):
 
     async def referenced_digests(self) -> set[str]:
         """Every sha256 a bundle row or a verified upload refers to."""
+        ...
+
+    # severity signals
+    async def evidence_for_incident(self, incident_id: str) -> list[EvidenceRecord]:
+        """The kept evidence of the incident's bundles, oldest received first."""
+        ...
+
+    async def get_suggestion(self, incident_id: str) -> str | None:
+        """The incident's stored severity suggestion (JSON), if it was evaluated."""
+        ...
+
+    async def put_suggestion(
+        self, incident_id: str, severity: int, evaluated_at_ms: int, suggestion_json: str,
+        events: Sequence[TimelineEventRecord],
+    ) -> None:
+        """Replace the incident's suggestion and append events — one transaction."""
         ...
 
 

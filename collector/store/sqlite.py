@@ -35,6 +35,7 @@ from hostdiag.collector.store.base import (
     AlertRecord,
     BundleRecord,
     EscalationRecord,
+    EvidenceRecord,
     HostRequestRecord,
     IncidentRecord,
     TimelineEventRecord,
@@ -171,6 +172,27 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        # Severity signals: each bundle's evidence.json (so the rules can be re-evaluated
+        # without reading bundle files) and each incident's latest suggestion.
+        """
+        CREATE TABLE bundle_evidence (
+            bundle_id TEXT PRIMARY KEY REFERENCES bundles (bundle_id),
+            incident_id TEXT NOT NULL,
+            host_id TEXT NOT NULL,
+            received_at_ms INTEGER NOT NULL,
+            evidence_json TEXT NOT NULL
+        );
+        CREATE INDEX bundle_evidence_incident ON bundle_evidence (incident_id, received_at_ms);
+        CREATE TABLE incident_suggestions (
+            incident_id TEXT PRIMARY KEY REFERENCES incidents (id),
+            severity INTEGER NOT NULL,
+            evaluated_at_ms INTEGER NOT NULL,
+            suggestion_json TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -284,7 +306,7 @@ def _bundle(row: sqlite3.Row) -> BundleRecord:
 def _upload(row: sqlite3.Row) -> UploadRecord:
     bundle = None
     if row["bundle_json"]:
-        bundle = BundleRecord(**orjson.loads(row["bundle_json"]))
+        bundle = BundleRecord(**orjson.loads(row["bundle_json"]))  # evidence_json included
     return UploadRecord(
         bundle_id=row["bundle_id"],
         request_id=row["request_id"],
@@ -761,6 +783,12 @@ class SqliteMetadataStore:
             )
             if cur.rowcount != 1:
                 return False
+            if b.evidence_json:
+                c.execute(
+                    """INSERT INTO bundle_evidence (bundle_id, incident_id, host_id, received_at_ms, evidence_json)
+                       VALUES (?, ?, ?, ?, ?) ON CONFLICT (bundle_id) DO NOTHING""",
+                    (b.bundle_id, b.incident_id, b.host_id, b.received_at_ms, b.evidence_json),
+                )
             self._update_request_rows(c, requests)
             self._insert_events(c, events)
             return True
@@ -826,3 +854,52 @@ class SqliteMetadataStore:
             return out
 
         return await self._run(read)
+
+    # -- severity signals ------------------------------------------------------------------
+    async def evidence_for_incident(self, incident_id: str) -> list[EvidenceRecord]:
+        def read() -> list[EvidenceRecord]:
+            rows = self.conn.execute(
+                """SELECT bundle_id, incident_id, host_id, received_at_ms, evidence_json FROM bundle_evidence
+                   WHERE incident_id = ? ORDER BY received_at_ms, bundle_id""",
+                (incident_id,),
+            )
+            return [
+                EvidenceRecord(
+                    bundle_id=r["bundle_id"], host_id=r["host_id"], incident_id=r["incident_id"],
+                    received_at_ms=r["received_at_ms"], evidence_json=r["evidence_json"],
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def get_suggestion(self, incident_id: str) -> str | None:
+        def read() -> str | None:
+            row = self.conn.execute(
+                "SELECT suggestion_json FROM incident_suggestions WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return await self._run(read)
+
+    def _put_suggestion(
+        self, incident_id: str, severity: int, evaluated_at_ms: int, suggestion_json: str,
+        events: Sequence[TimelineEventRecord],
+    ) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                """INSERT INTO incident_suggestions (incident_id, severity, evaluated_at_ms, suggestion_json)
+                   VALUES (?, ?, ?, ?)
+                   ON CONFLICT (incident_id) DO UPDATE SET severity = excluded.severity,
+                       evaluated_at_ms = excluded.evaluated_at_ms, suggestion_json = excluded.suggestion_json""",
+                (incident_id, severity, evaluated_at_ms, suggestion_json),
+            )
+            self._insert_events(c, events)
+
+        self._write(tx)
+
+    async def put_suggestion(
+        self, incident_id: str, severity: int, evaluated_at_ms: int, suggestion_json: str,
+        events: Sequence[TimelineEventRecord],
+    ) -> None:
+        await self._run(self._put_suggestion, incident_id, severity, evaluated_at_ms, suggestion_json, list(events))
