@@ -410,7 +410,7 @@ def describe_error(exc: BaseException) -> str:
     elif isinstance(exc, ssl.SSLCertVerificationError):
         text = f"TLS certificate not accepted: {exc.verify_message or exc.reason}"
     elif isinstance(exc, ssl.SSLError):
-        text = f"TLS error: {exc.reason or exc}"
+        text = f"TLS error: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
     elif isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
     else:
