@@ -63,6 +63,7 @@ import grpc
 from hostdiag.agent.bundle.reader import BundleFormatError, ReadLimits, read_manifest_and_evidence
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.metrics import Counter
+from hostdiag.collector.signals.evidence import stored_evidence_json
 from hostdiag.collector.store.base import BundleRecord, MetadataStore, UploadRecord
 from hostdiag.collector.store.blobs import FileBlobStore, StagingArea, is_bundle_id, is_sha256
 
@@ -83,6 +84,8 @@ class IngestLimits:
     max_concurrent_uploads: int = 16
     upload_idle_timeout_s: float = 60.0
     upload_retention_s: float = 86400.0
+    # evidence.json kept per bundle for the severity signals (largest top-level keys dropped beyond)
+    max_stored_evidence_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,7 @@ class Ingest:
         path = self.staging.path(bundle_id)
         loop = asyncio.get_running_loop()
         try:
-            manifest, _evidence = await loop.run_in_executor(
+            manifest, evidence = await loop.run_in_executor(
                 self._executor, read_manifest_and_evidence, path, self._read_limits
             )
         except BundleFormatError as exc:
@@ -390,6 +393,9 @@ class Ingest:
             await self._discard(bundle_id)
             raise self._reject(bad, f"{problem}; upload discarded", "manifest_mismatch")
         manifest_json = await loop.run_in_executor(self._executor, self._manifest_text, path)
+        evidence_json = await loop.run_in_executor(
+            self._executor, stored_evidence_json, evidence, self.limits.max_stored_evidence_bytes
+        )
         now = self.now_ms()
         bundle = BundleRecord(
             bundle_id=bundle_id,
@@ -403,6 +409,7 @@ class Ingest:
             request_id=_text(upload.request_id or manifest.get("request_id")),
             profile=_text(manifest.get("profile"), 64),
             trigger=_text(manifest.get("trigger"), 64),
+            evidence_json=evidence_json,
         )
         # Shielded: a client that goes away now does not leave publication half done.
         await asyncio.shield(self._commit(replace(upload, state="verified", bundle=bundle, updated_at_ms=now)))
