@@ -21,6 +21,7 @@ import grpc
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.fleet import Fleet
 from hostdiag.collector.incidents import IncidentManager, IncidentView
+from hostdiag.collector.signals.proto import suggestion_json_to_proto
 from hostdiag.collector.store.base import (
     BlobStore,
     BundleRecord,
@@ -110,6 +111,7 @@ def incident_to_proto(view: IncidentView) -> incident_pb2.Incident:
         last_status_update_at_unix_ms=inc.last_status_update_at_ms,
         alert_group_key=inc.alert_group_key,
         severity_set_at_unix_ms=inc.severity_set_at_ms,
+        suggestion=suggestion_json_to_proto(view.suggestion_json),
     )
 
 
@@ -204,6 +206,15 @@ class IncidentServicer(incident_pb2_grpc.IncidentServiceServicer):
         except CollectorError as exc:
             await _abort(context, exc)
         return incident_pb2.ResolveIncidentResponse(incident=incident_to_proto(view))
+
+    async def SetIncidentSeverity(self, request: Any, context: Any) -> Any:  # noqa: N802
+        try:
+            view = await self.incidents.set_severity(
+                request.id, int(request.severity), request.reason, actor=_actor(context)
+            )
+        except CollectorError as exc:
+            await _abort(context, exc)
+        return incident_pb2.SetIncidentSeverityResponse(incident=incident_to_proto(view))
 
 
 class BundleServicer(bundle_pb2_grpc.BundleServiceServicer):

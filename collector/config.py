@@ -198,6 +198,16 @@ class CollectorSection:
     alertmanager_default_severity: str = field(
         default="P3", metadata={"choices": ("P1", "P2", "P3", "P4"), "doc": "severity when no alert maps to one"}
     )
+    # Severity signals (docs/signal-rules.md).
+    signal_rules_file: str = field(
+        default="",
+        metadata={"doc": "TOML file of extra or overriding signal rules and rules to disable; empty: the shipped rules"},
+    )
+    max_stored_evidence_bytes: int = field(
+        default=1 * MiB,
+        metadata={"size": True, "min": 4 * KiB, "max": 64 * MiB,
+                  "doc": "evidence.json kept per bundle for the signal rules (largest keys dropped beyond)"},
+    )
 
     def validate(self) -> None:
         for key in ("listen", "http_listen"):
@@ -234,6 +244,13 @@ class CollectorSection:
         for key in ("alertmanager_host_labels", "alertmanager_selector_labels"):
             if any(not label for label in getattr(self, key)):
                 raise ValueError((key, "label names must not be empty"))
+        if self.signal_rules_file:
+            from hostdiag.collector.signals.rules import load_rules
+
+            try:
+                load_rules(self.signal_rules_file)
+            except ConfigError as exc:
+                raise ValueError(("signal_rules_file", str(exc))) from None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,8 @@ class IncidentView:
     events: list[TimelineEventRecord]
     bundle_ids: list[str]
     escalations: list[EscalationRecord] = field(default_factory=list)
+    # The severity signals' latest suggestion (JSON, see hostdiag.collector.signals); "" before any.
+    suggestion_json: str = ""
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -129,6 +131,8 @@ class IncidentManager:
         self._lock = asyncio.Lock()
         # Last progress stage recorded per request: repeated stages are not re-recorded.
         self._last_stage: dict[str, str] = {}
+        # Called with the incident id after a bundle attached to it (the severity signals).
+        self.on_bundle_attached: Callable[[str], None] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -154,6 +158,7 @@ class IncidentManager:
             events=await self.store.list_events(inc.id),
             bundle_ids=await self.store.bundle_ids_for_incident(inc.id),
             escalations=await self.store.list_escalations(inc.id),
+            suggestion_json=await self.store.get_suggestion(inc.id) or "",
         )
 
     async def list(self, state: str | None = None, limit: int = 100, *, overdue: bool = False) -> list[IncidentView]:
@@ -489,7 +494,10 @@ class IncidentManager:
                         f"bundle {bundle.bundle_id} attached ({bundle.size_bytes} bytes)", host_id=bundle.host_id,
                     )
                 )
-            return await self.store.publish_bundle(bundle, requests, events)
+            inserted = await self.store.publish_bundle(bundle, requests, events)
+        if inserted and incident is not None and self.on_bundle_attached is not None:
+            self.on_bundle_attached(incident.id)
+        return inserted
 
     # -- expiry -------------------------------------------------------------------------
     async def expire_due(self) -> int:
@@ -576,5 +584,30 @@ class IncidentManager:
                 raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
             new = replace(inc, state=IncidentStates.RESOLVED, resolved_at_ms=now)
             return new, TimelineEventRecord(inc.id, now, "resolved", message or "resolved", actor=actor)
+
+        return await self._change(incident_id, change)
+
+    async def set_severity(self, incident_id: str, severity: int, reason: str = "", actor: str = "") -> IncidentView:
+        """A responder sets the severity; the runbook's acknowledge timer restarts from now.
+
+        Setting the severity it already has changes nothing (no event).  Only a
+        human changes severity: the signals' suggestion never does.
+        """
+        reason = reason.strip()
+        if severity not in (1, 2, 3, 4):
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, "severity: must be one of SEVERITY_P1 to SEVERITY_P4")
+        if len(reason) > MAX_MESSAGE_CHARS:
+            raise CollectorError(grpc.StatusCode.INVALID_ARGUMENT, f"reason: at most {MAX_MESSAGE_CHARS} characters")
+
+        def change(inc: IncidentRecord, now: int) -> tuple[IncidentRecord, Any]:
+            if inc.state == IncidentStates.RESOLVED:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, f"incident {inc.id} is already resolved")
+            if inc.severity == severity:
+                return inc, None
+            new = replace(inc, severity=severity, severity_set_at_ms=now)
+            text = f"severity P{inc.severity} → P{severity}" + (f" by {actor}" if actor else "")
+            if reason:
+                text += f": {reason}"
+            return new, TimelineEventRecord(inc.id, now, "severity_changed", text, actor=actor)
 
         return await self._change(incident_id, change)

@@ -49,6 +49,8 @@ from hostdiag.collector.incidents import IncidentManager
 from hostdiag.collector.ingest import Ingest, IngestCounters, IngestLimits
 from hostdiag.collector.metrics import Registry
 from hostdiag.collector.runbook import RunbookClock, RunbookPolicy
+from hostdiag.collector.signals.engine import SignalEngine
+from hostdiag.collector.signals.rules import load_rules
 from hostdiag.collector.store.base import IncidentStates, RequestStates
 from hostdiag.collector.store.blobs import FileBlobStore, StagingArea
 from hostdiag.collector.store.sqlite import SqliteMetadataStore
@@ -105,6 +107,11 @@ class Collector:
         self.incidents = IncidentManager(
             self.store, self.fleet, request_ttl_s=c.request_ttl_s, default_window_s=c.default_window_s, clock=clock
         )
+        # Severity signals: the shipped rules plus the operator's file (already checked with the config).
+        self.signals = SignalEngine(
+            self.store, load_rules(c.signal_rules_file or None), clock=clock, executor=self.executor
+        )
+        self.incidents.on_bundle_attached = self.signals.schedule
         if c.escalation_webhook_url:
             self.notifier = WebhookNotifier(
                 c.escalation_webhook_url,
@@ -138,6 +145,7 @@ class Collector:
                 max_concurrent_uploads=c.max_concurrent_uploads,
                 upload_idle_timeout_s=c.upload_idle_timeout_s,
                 upload_retention_s=c.upload_retention_s,
+                max_stored_evidence_bytes=c.max_stored_evidence_bytes,
             ),
             publish=self.incidents.publish_bundle,
             counters=IngestCounters(
@@ -232,6 +240,7 @@ class Collector:
         c = self.config.collector
         await self.store.open()
         await self.ingest.recover()
+        await self.signals.schedule_unresolved()
         server = grpc.aio.server(options=grpc_server_options(self.config))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, server)
         incident_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(self.incidents), server)
@@ -297,6 +306,7 @@ class Collector:
         if self.server is not None:
             await self.server.stop(grace)
         await self.http.stop()
+        await self.signals.close()
         await self.store.close()
         self.executor.shutdown(wait=True)
         log.info("collector stopped", extra={"event": "collector_stopped"})
