@@ -290,10 +290,10 @@ class _Exchange:
 
 Opener = Callable[..., Awaitable[tuple[Any, Any]]]
 
-_tls_context: Any = None
+_tls_context: ssl.SSLContext | None = None
 
 
-def _default_tls() -> Any:
+def _default_tls() -> ssl.SSLContext:
     global _tls_context
     if _tls_context is None:
         _tls_context = ssl.create_default_context()
@@ -311,13 +311,12 @@ async def _connect(target: Target, opener: Opener, ex: _Exchange) -> Any:
 
 
 async def _read_line(reader: Any, what: str) -> bytes:
-
     try:
         return bytes(await reader.readuntil(b"\n"))
     except asyncio.IncompleteReadError:
         raise ProbeFailed(f"connection closed by the server before {what}") from None
-    except asyncio.LimitOverrunError:
-        raise ProbeFailed(f"{what} is longer than the stream limit") from None
+    except asyncio.LimitOverrunError:  # no line end within the stream's limit (64 KiB)
+        raise ProbeFailed("a response line is longer than 64 KiB") from None
 
 
 async def _read_head(reader: Any, ex: _Exchange) -> dict[str, str]:

@@ -311,6 +311,7 @@ def test_https_uses_tls_with_the_host_name_and_basic_auth_from_userinfo() -> Non
         (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP response: 'SSH-2.0-OpenSSH_9.2'"),
         (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed response header line"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "more than 100 response header lines"),
+        (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * 70000 + b"\r\n\r\n", "a response line is longer than 64 KiB"),
     ],
 )
 def test_failures_have_short_errors(answer: Any, error: str) -> None:
