@@ -8,6 +8,7 @@ It talks to a collector's gRPC API (``IncidentService``, ``BundleService``,
     collectorctl incident show|ack ID
     collectorctl incident update ID --message M
     collectorctl incident resolve ID [--message M]
+    collectorctl incident severity ID P1..P4 [--reason R]
     collectorctl bundle list [--incident ID] [--host NAME] [--limit N]
     collectorctl bundle show ID
     collectorctl bundle download ID [-o PATH] [--force]
@@ -281,6 +282,13 @@ class CollectorClient:
         request = incident_pb2.ResolveIncidentRequest(id=incident_id, message=message)
         return self._unary(self._incidents.ResolveIncident, request, not_found=f"no incident {incident_id}").incident
 
+    def set_incident_severity(self, incident_id: str, severity: int, reason: str = "") -> incident_pb2.Incident:
+        request = incident_pb2.SetIncidentSeverityRequest(
+            id=incident_id, severity=severity, reason=reason  # type: ignore[arg-type]
+        )
+        return self._unary(self._incidents.SetIncidentSeverity, request,
+                           not_found=f"no incident {incident_id}").incident
+
     # -- BundleService
 
     @property
@@ -471,12 +479,89 @@ def incident_to_dict(inc: incident_pb2.Incident) -> dict[str, Any]:
             for h in inc.hosts
         ],
         "bundle_ids": list(inc.bundle_ids),
+        "suggestion": suggestion_to_dict(inc),
         "timeline": [
             {"at_unix_ms": e.at_unix_ms, "kind": e.kind, "message": e.message, "host_id": e.host_id or None,
              "actor": e.actor or None}
             for e in inc.timeline
         ],
     }
+
+
+def _evidence_doc(text: str) -> Any:
+    try:
+        return orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return {"unreadable": text[:200]}
+
+
+def suggestion_to_dict(inc: incident_pb2.Incident) -> dict[str, Any] | None:
+    """The severity signals' suggestion (None before any bundle was evaluated)."""
+    if not inc.HasField("suggestion"):
+        return None
+    s = inc.suggestion
+    return {
+        "severity": _SEVERITY_NAME.get(s.severity),
+        "explanation": s.explanation,
+        "guide": s.guide or None,
+        "evaluated_at_unix_ms": _ms_or_none(s.evaluated_at_unix_ms),
+        "hosts_selected": s.hosts_selected,
+        "hosts_reporting": s.hosts_reporting,
+        "hosts_affected": s.hosts_affected,
+        "findings": [
+            {"rule": f.rule, "severity": _SEVERITY_NAME.get(f.severity), "host_id": f.host_id or None,
+             "explanation": f.explanation, "guide": f.guide or None, "inhibited": f.inhibited,
+             "evidence": _evidence_doc(f.evidence_json)}
+            for f in s.findings
+        ],
+    }
+
+
+def _evidence_text(text: str, limit: int = 160) -> str:
+    """``name=value`` pairs of a finding's evidence, for a table cell (nested values summarised)."""
+    doc = _evidence_doc(text)
+    if not isinstance(doc, dict):
+        return _one_line(str(doc))[:limit]
+    parts = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            value = f"{{{len(value)} keys}}"
+        elif isinstance(value, list):
+            shown = ",".join(str(v) for v in value[:4] if not isinstance(v, (dict, list)))
+            value = f"[{shown}{',…' if len(value) > 4 else ''}]"
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    text = " ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_suggestion(inc: incident_pb2.Incident) -> list[str]:
+    """The suggestion block of ``incident show``: severity, why, guide, findings with their evidence."""
+    if not inc.HasField("suggestion"):
+        return ["suggestion: none yet (evaluated when a bundle attaches)"]
+    s = inc.suggestion
+    suggested = _SEVERITY_NAME.get(s.severity, "none")
+    current = severity_name(inc.severity)
+    note = "same as the severity" if suggested == current else f"the severity stays {current} until a responder " \
+        f"sets it (collectorctl incident severity {inc.id} {suggested if suggested != 'none' else 'P1..P4'})"
+    out = [format_fields([
+        ("suggested", f"{suggested} ({note})"),
+        ("why", _one_line(s.explanation)),
+        ("guide", s.guide or "-"),
+        ("hosts", f"{s.hosts_selected} selected, {s.hosts_reporting} reporting, {s.hosts_affected} affected"),
+        ("evaluated", format_time(s.evaluated_at_unix_ms)),
+    ])]
+    if s.findings:
+        out.append("")
+        out.append(f"findings ({len(s.findings)})")
+        out.append(format_table(
+            ("SEV", "HOST", "RULE", "EXPLANATION", "EVIDENCE"),
+            [(_SEVERITY_NAME.get(f.severity, "-") + (" (inhibited)" if f.inhibited else ""),
+              f.host_id or "(all)", f.rule, _one_line(f.explanation), _evidence_text(f.evidence_json))
+             for f in s.findings],
+        ))
+    return out
 
 
 def bundle_to_dict(b: bundle_pb2.Bundle) -> dict[str, Any]:
@@ -538,6 +623,8 @@ def render_incident(inc: incident_pb2.Incident, bundles: Sequence[bundle_pb2.Bun
         ("acknowledged", format_time(inc.acknowledged_at_unix_ms)),
         ("resolved", format_time(inc.resolved_at_unix_ms)),
     ])]
+    out.append("")
+    out.extend(render_suggestion(inc))
     out.append("")
     if inc.hosts:
         out.append(f"hosts ({len(inc.hosts)})")
@@ -903,6 +990,7 @@ class _Client(Protocol):
     def acknowledge_incident(self, incident_id: str) -> incident_pb2.Incident: ...
     def post_status_update(self, incident_id: str, message: str) -> incident_pb2.Incident: ...
     def resolve_incident(self, incident_id: str, message: str = ...) -> incident_pb2.Incident: ...
+    def set_incident_severity(self, incident_id: str, severity: int, reason: str = ...) -> incident_pb2.Incident: ...
     def list_bundles(self, incident_id: str = ..., host_id: str = ..., limit: int = ...) -> list[bundle_pb2.Bundle]: ...
     def get_bundle(self, bundle_id: str) -> tuple[bundle_pb2.Bundle, str]: ...
     def download(self, bundle_id: str, offset: int) -> Iterator[tuple[int, bytes]]: ...
@@ -1011,6 +1099,16 @@ def cmd_incident_update(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_incident_resolve(args: argparse.Namespace, ctx: Context) -> int:
     inc = ctx.client.resolve_incident(args.id, args.message or "")
     return _changed(ctx, inc, f"{inc.id} resolved at {format_time(inc.resolved_at_unix_ms)}")
+
+
+def cmd_incident_severity(args: argparse.Namespace, ctx: Context) -> int:
+    before = ctx.client.get_incident(args.id).severity
+    inc = ctx.client.set_incident_severity(args.id, args.severity, args.reason or "")
+    if inc.severity == before:
+        line = f"{inc.id} severity unchanged ({severity_name(inc.severity)})"
+    else:
+        line = f"{inc.id} severity {severity_name(before)} → {severity_name(inc.severity)}"
+    return _changed(ctx, inc, line)
 
 
 def cmd_bundle_list(args: argparse.Namespace, ctx: Context) -> int:
@@ -1208,6 +1306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=nonempty, metavar="ID")
     p.add_argument("--message", "-m", type=nonempty, help="how it was resolved")
     p.set_defaults(func=cmd_incident_resolve)
+
+    p = isub.add_parser("severity", parents=[common], help="set an incident's severity (a responder's decision)",
+                        description="Set the severity; the timeline records who changed it and why, and the "
+                                    "runbook's acknowledge timer restarts. Suggestions never change it by themselves.")
+    p.add_argument("id", type=nonempty, metavar="ID")
+    p.add_argument("severity", type=parse_severity, metavar="P1..P4", help="the new severity")
+    p.add_argument("--reason", "-r", type=nonempty, help="why (recorded in the timeline)")
+    p.set_defaults(func=cmd_incident_severity)
 
     bundle = groups.add_parser("bundle", help="list, inspect and download bundles")
     bsub = bundle.add_subparsers(dest="command", required=True)
