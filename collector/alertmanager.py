@@ -492,7 +492,7 @@ class AlertmanagerReceiver:
         if not newly_firing and not newly_resolved:
             self._count("unchanged")
             return {"action": "unchanged", "incident_id": incident_id}
-        added: list[str] = []
+        added: Sequence[str] = []
         if newly_firing:
             plan = self._hosts(newly_firing)
             if plan.host_ids:
@@ -526,7 +526,7 @@ class AlertmanagerReceiver:
                                     events)
         action = "updated" if newly_firing else "resolved_noted"
         self._count("updated" if newly_firing else "resolved")
-        return {"action": action, "incident_id": incident_id, "hosts_added": added}
+        return {"action": action, "incident_id": incident_id, "hosts_added": list(added)}
 
 
 def _json(status: int, doc: Mapping[str, Any]) -> tuple[int, dict[str, str], bytes]:

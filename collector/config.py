@@ -170,7 +170,8 @@ class CollectorSection:
         default=5, metadata={"min": 1, "max": 20, "doc": "webhook attempts per breach (backoff 1 s doubling, max 60 s)"}
     )
     escalation_webhook_queue_length: int = field(
-        default=1000, metadata={"min": 1, "max": 100000, "doc": "breaches waiting for the webhook; oldest dropped beyond"}
+        default=1000,
+        metadata={"min": 1, "max": 100000, "doc": "breaches waiting for the webhook; oldest dropped beyond"},
     )
     # Alertmanager in (docs/alertmanager.md).
     alertmanager_enabled: bool = field(default=True, metadata={"doc": "serve POST /api/v1/alertmanager"})

@@ -346,7 +346,9 @@ class IncidentManager:
                 await self.store.add_requests([req], [event])
                 await self._deliver(inc, [req])
 
-    async def add_hosts(self, incident_id: str, host_ids: Sequence[str], message: str, actor: str = "") -> list[str]:
+    async def add_hosts(
+        self, incident_id: str, host_ids: Sequence[str], message: str, actor: str = ""
+    ) -> Sequence[str]:
         """Name more hosts in an unresolved incident's selector and request a snapshot from each.
 
         Hosts the incident already has a request for, and names that are not

@@ -594,7 +594,9 @@ class SqliteMetadataStore:
         return await self._run(
             lambda: [
                 _escalation(r)
-                for r in self.conn.execute("SELECT * FROM escalations WHERE incident_id = ? ORDER BY seq", (incident_id,))
+                for r in self.conn.execute(
+                    "SELECT * FROM escalations WHERE incident_id = ? ORDER BY seq", (incident_id,)
+                )
             ]
         )
 
