@@ -71,7 +71,7 @@ def render(template: Template, values: Mapping[str, tuple[Any, str | None]]) -> 
         out.append(literal)
         if name:
             value, ready = values.get(name, (None, None))
-            out.append(ready if ready is not None and not spec else format_value(value, spec))
+            out.append(ready if ready is not None else format_value(value, spec))
     return "".join(out)
 
 

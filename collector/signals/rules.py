@@ -226,7 +226,9 @@ class _RuleParser:
         self.name = name
 
     def fail(self, key: str, message: str) -> RuleError:
-        return RuleError(self.origin.get(key, self.origin.get("name", "")), self.name, key, message)
+        # The file that last touched the rule: the shipped defaults are valid on their own,
+        # so a problem in a rule an operator's file changed comes from that file.
+        return RuleError(self.origin.get("name", ""), self.name, key, message)
 
     def string(self, key: str, default: str | None = None) -> str:
         if key not in self.raw:
