@@ -170,13 +170,27 @@ class WebhookNotifier:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             key, body = self._queue.popleft()
-            await self._deliver(key, body)
+            await self._deliver_safely(key, body)
 
     async def drain_once(self) -> None:
         """Deliver everything queued now, then return (for tests and tools)."""
         while self._queue:
             key, body = self._queue.popleft()
+            await self._deliver_safely(key, body)
+
+    async def _deliver_safely(self, key: int, body: bytes) -> None:
+        """One notification; nothing it raises stops the worker."""
+        try:
             await self._deliver(key, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The exception's text is not logged: it could echo part of the URL.
+            self.failed += 1
+            self._count("failed")
+            log.error("escalation webhook delivery broke",
+                      extra={"event": "webhook_failed", "target": self.target.safe, "problem": type(exc).__name__,
+                             "key": key})
 
     async def _deliver(self, key: int, body: bytes) -> bool:
         delay = self.backoff_initial_s

@@ -225,6 +225,29 @@ def test_the_worker_delivers_in_the_background() -> None:
     asyncio.run(main())
 
 
+def test_an_unexpected_error_does_not_stop_the_worker() -> None:
+    async def main() -> None:
+        async with Receiver([200]) as rx:
+            n, delivered, _, results = notifier(rx.url())
+            real_post = n.post
+            calls = 0
+
+            async def flaky_post(body: bytes) -> int:
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    raise RuntimeError("something nobody expected")
+                return await real_post(body)
+
+            n.post = flaky_post  # type: ignore[method-assign]
+            n.submit(1, DOC)
+            n.submit(2, DOC)
+            await n.drain_once()
+            assert results.value(result="failed") == 1 and delivered == [2]
+
+    asyncio.run(main())
+
+
 def test_credentials_are_sent_but_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="hostdiag")
 
