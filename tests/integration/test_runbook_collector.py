@@ -246,3 +246,25 @@ def test_no_webhook_configured(tmp_path: Path) -> None:
             assert await overdue_ids(stub) == []
 
     asyncio.run(main())
+
+
+def test_set_incident_severity_restarts_the_ack_timer(tmp_path: Path) -> None:
+    clock = MovableClock()
+
+    async def main() -> None:
+        async with running(tmp_path, clock) as (collector, stub):
+            inc_id = await open_incident(stub, ipb.SEVERITY_P3, "search slow")
+            clock.advance(20 * MIN)
+            changed = (await stub.SetIncidentSeverity(ipb.SetIncidentSeverityRequest(
+                id=inc_id, severity=ipb.SEVERITY_P1, reason="checkout fails too"),
+                metadata=(("hostdiag-actor", "alice"),))).incident
+            assert changed.severity_set_at_unix_ms > changed.opened_at_unix_ms
+            clock.advance(5 * MIN - 30)  # 25 min open, but not yet 5 min as a P1
+            await collector.runbook.evaluate()
+            assert not (await get(stub, inc_id)).escalations
+            clock.advance(31)
+            inc = await eventually(lambda: _with_escalation(stub, inc_id), "ack_overdue as a P1")
+            [esc] = inc.escalations
+            assert esc.kind == "ack_overdue" and esc.message.startswith("P1 not acknowledged within 5 min")
+
+    asyncio.run(main())
