@@ -543,10 +543,13 @@ def render_suggestion(inc: incident_pb2.Incident) -> list[str]:
     s = inc.suggestion
     suggested = _SEVERITY_NAME.get(s.severity, "none")
     current = severity_name(inc.severity)
-    note = "same as the severity" if suggested == current else f"the severity stays {current} until a responder " \
-        f"sets it (collectorctl incident severity {inc.id} {suggested if suggested != 'none' else 'P1..P4'})"
+    if suggested in ("none", current):
+        shown = f"{suggested} (the severity is {current}; only a responder changes it)"
+    else:
+        shown = f"{suggested} (the severity stays {current} until a responder sets it: " \
+                f"collectorctl incident severity {inc.id} {suggested})"
     out = [format_fields([
-        ("suggested", f"{suggested} ({note})"),
+        ("suggested", shown),
         ("why", _one_line(s.explanation)),
         ("guide", s.guide or "-"),
         ("hosts", f"{s.hosts_selected} selected, {s.hosts_reporting} reporting, {s.hosts_affected} affected"),

@@ -182,7 +182,9 @@ def evaluate_host(rules: Sequence[Rule], host_id: str, evidence: Mapping[str, An
                 continue
             if rule.for_s > 0 and (env.duration_s is None or env.duration_s < rule.for_s):
                 continue
-            shown: dict[str, Any] = {k: compact(v) for k, v in env.read.items()}
+            # Item fields the expressions read (objects left out: a rule reading latest.load1
+            # names that value under values), then the rule's named values.
+            shown: dict[str, Any] = {k: compact(v) for k, v in env.read.items() if not isinstance(v, Mapping)}
             shown.update({k: compact(v) for k, v in env.values.items()})
             if env.key:
                 shown["key"] = env.key
