@@ -209,7 +209,7 @@ def combine(
             severity = base
             text = f"{first.explanation} on {first.host_id}; the rule matches on {n}/{n_selected} hosts " \
                    f"({_hosts_text(hosts)})"
-        if n_unknown and n > 1:
+        if n_unknown:
             text += f"; {_plural(n_unknown, 'host')} not reporting"
         contributions.append(_Contribution(severity, text, first.guide, rule, tuple(hosts), False))
 
