@@ -133,7 +133,7 @@ def truth(v: Any) -> bool | None:
     if isinstance(v, bool):
         return v
     if _is_num(v):
-        return v != 0
+        return bool(v != 0)
     if isinstance(v, (str, list, dict)):
         return len(v) > 0
     return None
@@ -619,7 +619,7 @@ class Expr:
     _node: Node
 
     def evaluate(self, lookup: Env | Mapping[str, Any]) -> Any:
-        env: Env = lookup.get if isinstance(lookup, Mapping) else lookup  # type: ignore[assignment]
+        env: Env = lookup.get if isinstance(lookup, Mapping) else lookup
         try:
             return self._node(env)
         except RecursionError:
