@@ -92,7 +92,9 @@ class RecorderSection:
     max_line_bytes: int = field(
         default=16384, metadata={"size": True, "min": 256, "max": 4 * MiB, "doc": "longer lines are cut"}
     )
-    poll_interval_s: float = field(default=0.25, metadata={"min": 0.01, "max": 10, "doc": "log poll period"})
+    poll_interval_s: float = field(
+        default=0.5, metadata={"min": 0.01, "max": 10, "doc": "log poll period (lines reach the ring within this)"}
+    )
 
     def validate(self) -> None:
         if self.interval_s > self.window_s:

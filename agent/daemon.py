@@ -30,6 +30,7 @@ from hostdiag.agent.config import AgentConfig, ConfigError, load_config
 from hostdiag.agent.logsetup import setup_logging
 from hostdiag.agent.probes import ProbeRunner, probe_ring
 from hostdiag.agent.recorder.recorder import FlightRecorder
+from hostdiag.agent.recorder.scheduler import Scheduler
 from hostdiag.agent.redact import load_redactor
 from hostdiag.agent.sdnotify import Notifier
 from hostdiag.agent.snapshot import SnapshotRequest, take_snapshot, validate_collect_request
@@ -85,6 +86,11 @@ class Agent:
         if config.probes:
             self.recorder.probes = probe_ring(config.probes, rec.window_s)
             self.probe_runner = ProbeRunner(config.probes, self.recorder)
+        # The recorder's periodic blocking work runs on one thread of its own (see scheduler.py).
+        self.scheduler = Scheduler()
+        self.scheduler.every(rec.interval_s, self.recorder.sample_metrics, "metrics")
+        self.scheduler.every(rec.top_interval_s, self.recorder.sample_top, "top")
+        self.scheduler.every(rec.poll_interval_s, self.tail.pass_once, "tail")
         self.api = LocalApiServer(
             config.socket_path, status=self.status, collect=self.collect, group=config.agent.socket_group
         )
@@ -124,7 +130,7 @@ class Agent:
             "config_file": self.config.file,
             "uptime_s": round(time.time() - self.started_at, 1),
             "profiles": sorted(self.config.profiles),
-            "recorder": self.recorder.status(),
+            "recorder": {**self.recorder.status(), "jobs": self.scheduler.status()},
             "logs": self.tail.status(),
             "redaction_hits": dict(self.tail.redaction_counts),
             "bundles_written": self.bundles_written,
@@ -202,7 +208,7 @@ class Agent:
     async def _watch_loop(self) -> None:
         """Measure event-loop lag and feed systemd's watchdog while healthy."""
         loop = asyncio.get_running_loop()
-        period = 0.1
+        period = 1.0  # each wake-up costs CPU on an idle host; once a second is enough to see a stall
         ping_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else None
         last_ping = 0.0
         stale_after = max(10.0, 5 * self.config.recorder.interval_s)
@@ -232,9 +238,9 @@ class Agent:
         self.notifier.ready(f"recording; socket {self.config.socket_path}")
         try:
             async with asyncio.TaskGroup() as tg:
+                self.scheduler.start()
                 tasks = [
-                    tg.create_task(self.recorder.run(self.executor), name="recorder"),
-                    tg.create_task(self.tail.run(self.executor), name="tail"),
+                    tg.create_task(self.tail.run_journal(), name="journal"),
                     tg.create_task(self._watch_loop(), name="watch"),
                 ]
                 if self.uploader is not None:
@@ -246,6 +252,7 @@ class Agent:
                 for task in tasks:
                     task.cancel()
         finally:
+            self.scheduler.stop(timeout_s=1.0)
             await self.api.close()
             with contextlib.suppress(Exception):
                 self.tail.save_checkpoint()

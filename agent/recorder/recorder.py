@@ -7,14 +7,14 @@ and log lines, in memory bounded by configuration.
   ``window_s / top_interval_s + 1`` samples;
 * logs: the tail manager's per-file rings, each bounded in bytes.
 
-Sampling is blocking (psutil, /proc) and runs in the executor; the loop only
-schedules it.  A tick that is late is skipped rather than queued, so a slow
-host never builds a backlog.
+Sampling is blocking (psutil, /proc): the daemon runs :meth:`sample_metrics`
+and :meth:`sample_top` on the recorder's scheduler thread
+(``agent/recorder/scheduler.py``), which skips late ticks rather than queueing
+them, so a slow host never builds a backlog.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -60,7 +60,6 @@ class FlightRecorder:
         self.started_at = clock()
         self.sample_errors = 0
         self.last_error: str | None = None
-        self.skipped_ticks = 0
 
     # -- RecorderView (what snapshot sources read) ---------------------------------
     def metrics_since(self, since: float) -> list[dict[str, Any]]:
@@ -100,26 +99,6 @@ class FlightRecorder:
         if self.sample_errors <= 5 or self.sample_errors % 100 == 0:
             log.warning("recorder sample failed", extra={"event": "recorder_sample_failed", "error": self.last_error})
 
-    async def run(self, executor: Any = None) -> None:
-        """Sample forever on fixed cadences; cancel to stop."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            self._every(self.config.interval_s, self.sample_metrics, loop, executor),
-            self._every(self.config.top_interval_s, self.sample_top, loop, executor),
-        )
-
-    async def _every(self, period_s: float, fn: Callable[[], None], loop: asyncio.AbstractEventLoop, executor: Any) -> None:
-        next_at = loop.time()
-        while True:
-            await loop.run_in_executor(executor, fn)
-            next_at += period_s
-            now = loop.time()
-            if next_at < now:  # late: skip the missed ticks instead of bursting
-                missed = int((now - next_at) // period_s) + 1
-                self.skipped_ticks += missed
-                next_at += missed * period_s
-            await asyncio.sleep(next_at - now)
-
     def status(self) -> dict[str, Any]:
         oldest = self.metrics.oldest_ts()
         now = self._clock()
@@ -134,6 +113,5 @@ class FlightRecorder:
             "top_bytes": self.top.bytes_used,
             "depth_s": round(now - oldest, 1) if oldest is not None else 0.0,
             "sample_errors": self.sample_errors,
-            "skipped_ticks": self.skipped_ticks,
             "last_error": self.last_error,
         }

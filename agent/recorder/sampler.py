@@ -74,11 +74,18 @@ class MetricsSampler:
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        slow_interval_s: float = 10.0,
     ) -> None:
         self.probe = probe
         self.proc_root = proc_root
         self.clock = clock
         self.monotonic = monotonic
+        # Filesystem usage and TCP state counts change slowly and cost the most
+        # (statvfs per mount, a netlink dump): refreshed every slow_interval_s and
+        # carried forward in between, which keeps the 1 Hz sample cheap.
+        self.slow_interval_s = slow_interval_s
+        self._slow_at: float | None = None
+        self._slow: tuple[dict[str, int], list[dict[str, Any]]] = ({}, [])
         self._prev_mono: float | None = None
         self._prev_cpu: dict[str, float] | None = None
         self._prev_disk: tuple[int, int] | None = None
@@ -152,8 +159,11 @@ class MetricsSampler:
         out["open_fds"] = fds[0] - fds[1] if fds else None
         out["max_fds"] = fds[2] if fds else None
 
-        out["tcp_states"] = self._soft("tcp_states", self.probe.tcp_state_counts) or {}
-        out["filesystems"] = self._filesystems()
+        if self._slow_at is None or mono - self._slow_at >= self.slow_interval_s:
+            self._slow = (self._soft("tcp_states", self.probe.tcp_state_counts) or {}, self._filesystems())
+            self._slow_at = mono
+        out["tcp_states"] = dict(self._slow[0])
+        out["filesystems"] = [dict(fs) for fs in self._slow[1]]
         self._prev_mono = mono
         return out
 

@@ -57,7 +57,7 @@ PASS_BUDGET_BYTES = 16 * 1024 * 1024  # at most this much per file per pass (fai
 MAX_FILES_PER_GLOB = 256  # more matches than this are ignored (and said so in status)
 MAX_KNOWN_ENTRIES = 1024  # checkpoint entries kept for files not open right now
 KNOWN_MAX_AGE_S = 7 * 86400  # ... and for at most this long
-CHECKPOINT_MIN_INTERVAL_S = 1.0
+CHECKPOINT_MIN_INTERVAL_S = 5.0  # an fsync per save: a crash re-reads at most this much
 JOURNAL_RING = "journal"
 
 Key = tuple[int, int]
@@ -190,14 +190,37 @@ class TailManager:
         with self._pass_lock:
             self._save()
 
+    def pass_once(self) -> bool:
+        """Blocking: one discovery + read pass, saving the checkpoint when due.
+
+        Returns True when a file had more to read than one pass takes (call
+        again soon).  The daemon runs this on the recorder's scheduler thread.
+        """
+        return self._pass_and_save()
+
+    async def run_journal(self) -> None:
+        """Follow the journal (when enabled) until cancelled; then save the checkpoint."""
+        try:
+            if self._journal is not None:
+                await self._journal.run()
+            await asyncio.Event().wait()  # the follower ended (or there is none): wait for cancellation
+        finally:
+            try:
+                self.save_checkpoint()
+            except Exception:
+                log.exception("saving the tail checkpoint failed", extra={"event": "tail_checkpoint_failed"})
+
     async def run(self, executor: Any = None) -> None:
         """Poll in ``executor`` every ``poll_interval_s`` and follow the journal, until cancelled.
 
-        The checkpoint is saved at most once a second while running, and once
-        more on cancellation (which is then let through, as asyncio expects).
+        The checkpoint is saved at most every CHECKPOINT_MIN_INTERVAL_S while
+        running, and once more on cancellation (which is then let through, as
+        asyncio expects).  Self-contained mode for tests and embedding; the
+        daemon uses :meth:`pass_once` on its scheduler thread with
+        :meth:`run_journal` on the loop instead.
         """
         loop = asyncio.get_running_loop()
-        journal_task = loop.create_task(self._journal.run(), name="journal") if self._journal else None
+        journal_task = loop.create_task(self.run_journal(), name="journal")
         try:
             while True:
                 try:
@@ -209,18 +232,13 @@ class TailManager:
                     more = False
                 await asyncio.sleep(0 if more else self.poll_interval_s)
         finally:
-            if journal_task is not None:
-                journal_task.cancel()
-                try:
-                    await journal_task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
-                    log.exception("journal follower failed", extra={"event": "journal_failed"})
+            journal_task.cancel()
             try:
-                self.save_checkpoint()
+                await journal_task
+            except asyncio.CancelledError:
+                pass
             except Exception:
-                log.exception("saving the tail checkpoint failed", extra={"event": "tail_checkpoint_failed"})
+                log.exception("journal follower failed", extra={"event": "journal_failed"})
 
     def status(self) -> list[dict[str, Any]]:
         """One row per tailed log (and per glob that matches nothing, and the journal)."""

@@ -240,3 +240,16 @@ def test_top_n_bounds_the_lists(n: int) -> None:
     probe = FakeProbe(boot_time=BOOT, stats=[stat(p, "x", p, p) for p in range(1, 6)])
     s = TopSampler(probe, clock=Clock(T0), monotonic=Clock(0.0)).sample(n)
     assert len(s["top_cpu"]) == len(s["top_rss"]) == min(n, 5)
+
+
+def test_filesystems_and_tcp_states_refresh_on_the_slow_interval(fixtures_dir: Path) -> None:
+    probe = metrics_probe()
+    mono = Clock(100.0)
+    sampler = MetricsSampler(probe, proc_root=str(fixtures_dir / "proc"), monotonic=mono, slow_interval_s=10.0)
+    first = sampler.sample()
+    assert first["tcp_states"] == {"established": 3, "time_wait": 1, "listen": 3}
+    probe.tcp_states = {"established": 99}
+    mono.t = 109.0
+    assert sampler.sample()["tcp_states"] == first["tcp_states"]  # carried forward, not re-read
+    mono.t = 110.0
+    assert sampler.sample()["tcp_states"] == {"established": 99}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
+import time
 
 from hostdiag.agent.config import RecorderSection
 from hostdiag.agent.recorder.recorder import FlightRecorder
 from hostdiag.agent.recorder.ring import SampleRing
+from hostdiag.agent.recorder.scheduler import Scheduler
 
 
 class FakeMetrics:
@@ -76,22 +77,73 @@ def test_sampler_failure_is_counted_not_fatal() -> None:
     assert len(rec.metrics) == 0
 
 
-def test_run_samples_on_its_cadence_and_stops_on_cancel() -> None:
+def test_scheduler_runs_jobs_on_cadence_coalesces_and_skips_late_ticks() -> None:
+    clock = Clock()
+    sched = Scheduler(clock=clock, coalesce_s=0.05)
+    calls: list[tuple[str, float]] = []
+    sched.every(1.0, lambda: calls.append(("metrics", clock.t)), "metrics")
+    sched.every(0.5, lambda: calls.append(("tail", clock.t)), "tail")
+    for job in sched._jobs:
+        job.next_at = 0.0
+    assert sched.run_due() == 0.5  # both ran at t=0; the tail pass is next
+    clock.t = 0.5
+    sched.run_due()
+    clock.t = 1.0
+    sched.run_due()  # both due together: one wake-up
+    assert calls == [("metrics", 0.0), ("tail", 0.0), ("tail", 0.5), ("metrics", 1.0), ("tail", 1.0)]
+    clock.t = 4.2  # the host stalled: missed ticks are skipped, not replayed
+    sched.run_due()
+    assert calls[-2:] == [("metrics", 4.2), ("tail", 4.2)]
+    assert sched.status()["metrics"]["skipped_ticks"] >= 2
+    assert sched.run_due() <= 0.5
+
+
+def test_scheduler_reruns_a_job_with_more_work_and_survives_errors() -> None:
+    clock = Clock()
+    sched = Scheduler(clock=clock)
+    backlog = [3]
+
+    def tail_pass() -> bool:
+        backlog[0] -= 1
+        return backlog[0] > 0
+
+    def broken() -> None:
+        raise RuntimeError("disk on fire")
+
+    sched.every(1.0, tail_pass, "tail")
+    sched.every(1.0, broken, "broken")
+    for job in sched._jobs:
+        job.next_at = 0.0
+    waits = [sched.run_due() for _ in range(3)]
+    assert waits[:2] == [0.0, 0.0] and backlog[0] == 0
+    assert sched.status()["broken"]["errors"] == 1  # ran once at t=0, next due at t=1
+    clock.t = 1.0
+    sched.run_due()
+    assert sched.status()["broken"]["errors"] == 2
+    assert "disk on fire" in sched.status()["broken"]["last_error"]
+
+
+def test_scheduler_thread_samples_the_recorder_and_stops() -> None:
     metrics = FakeMetrics()
     rec = FlightRecorder(RecorderSection(window_s=10, interval_s=0.1, top_interval_s=1), metrics, FakeTop())
-
-    async def scenario() -> None:
-        task = asyncio.create_task(rec.run())
-        deadline = asyncio.get_running_loop().time() + 10
+    sched = Scheduler()
+    sched.every(0.1, rec.sample_metrics, "metrics")
+    sched.every(1.0, rec.sample_top, "top")
+    sched.start()
+    try:
+        deadline = time.monotonic() + 10
         while metrics.calls < 3:
-            assert asyncio.get_running_loop().time() < deadline, "recorder did not sample"
-            await asyncio.sleep(0.01)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    asyncio.run(scenario())
+            assert time.monotonic() < deadline, "recorder did not sample"
+            time.sleep(0.01)
+    finally:
+        assert sched.stop(timeout_s=2.0)
     assert len(rec.metrics) >= 3
     assert len(rec.top) >= 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
