@@ -39,6 +39,14 @@ def safe_name(name: str) -> str:
     return out[:200]
 
 
+def _member(name: str, taken: set[str]) -> str:
+    """``/var/log/app.log`` -> ``logs/var_log_app.log``: readable, unique, one ``.log`` suffix."""
+    stem = safe_name(name).lstrip("_")
+    if stem.endswith(".log"):
+        stem = stem[: -len(".log")]
+    return f"logs/{_unique(stem or 'log', taken)}.log"
+
+
 def _unique(name: str, taken: set[str]) -> str:
     candidate = name
     n = 2
@@ -99,7 +107,7 @@ class LogsSource:
         for name in sorted(rings):
             ring = rings[name]
             lines = [text for t, text in ring.lines_since(since) if t <= ctx.now]
-            member = f"logs/{_unique(safe_name(name), taken)}.log"
+            member = _member(name, taken)
             written, truncated = await ctx.run_blocking(_write_lines, ctx.members, member, lines)
             index.append({
                 "name": name, "path": _ring_path(name), "member": member, "lines": len(lines),
@@ -152,7 +160,7 @@ class LogsSource:
             text = ctx.redactor.redact(text, ctx.redaction_counts)
             n_lines = block.count(b"\n")
             n_errors, n_warnings = classify_block(block)
-            member = f"logs/{_unique(safe_name(name), taken)}.log"
+            member = _member(name, taken)
             written, truncated = await ctx.run_blocking(_write_text, ctx.members, member, text)
             index.append({
                 "name": name, "path": path, "member": member, "lines": n_lines, "bytes": written,

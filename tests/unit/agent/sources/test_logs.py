@@ -118,11 +118,11 @@ def test_recorder_mode_writes_the_window_of_each_ring_and_the_evidence() -> None
     sink = MemberSink()
     ctx = ctx_for(AgentConfig(), sink, Recorder({"/var/log/app.log": app, "journal": journal}))
     notes = asyncio.run(LogsSource(LogsSource.Config()).collect(ctx))
-    assert sink.text("logs/_var_log_app.log.log") == "ERROR in window\nplain\nWARN recent\n  detail\n"
+    assert sink.text("logs/var_log_app.log") == "ERROR in window\nplain\nWARN recent\n  detail\n"
     assert sink.text("logs/journal.log") == "sshd[1]: hello\n"
     index = {e["name"]: e for e in sink.json["logs/index.json"]}
     assert index["/var/log/app.log"] == {
-        "name": "/var/log/app.log", "path": "/var/log/app.log", "member": "logs/_var_log_app.log.log",
+        "name": "/var/log/app.log", "path": "/var/log/app.log", "member": "logs/var_log_app.log",
         "lines": 3, "bytes": len("ERROR in window\nplain\nWARN recent\n  detail\n"), "truncated": False,
         "source": "recorder",
     }
@@ -179,7 +179,7 @@ def test_standalone_reads_the_end_of_each_file_redacted(tmp_path: Path) -> None:
     assert index["app"]["source"] == "file-tail" and index["app"]["truncated"] is True  # older lines left out
     assert index["app"]["cut_lines"] == 1
     assert index[str(d / "b.log")]["invalid_utf8_lines"] == 1
-    assert sink.text(f"logs/{safe_name(str(d / 'a.log'))}.log") == "a WARN\n"
+    assert sink.text(f"logs/{safe_name(str(d / 'a.log')).lstrip('_')}") == "a WARN\n"
     assert ctx.evidence["logs"][str(d / "a.log")]["warning_lines_total"] == 1
     assert ctx.evidence["logs"]["app"]["error_lines_total"] == sum(1 for line in got if line.endswith("ERROR"))
     assert notes["logs"] == 3 and "errors" not in notes
@@ -228,3 +228,13 @@ def test_standalone_without_logs_configured_is_skipped() -> None:
 )
 def test_read_recent(content: bytes, max_bytes: int, expected: bytes, cut: bool) -> None:
     assert read_recent(io.BytesIO(content), max_bytes) == (expected, cut)
+
+
+def test_member_names_are_readable_and_unique() -> None:
+    from hostdiag.agent.sources.logs import _member
+
+    taken: set[str] = set()
+    assert _member("/var/log/app.log", taken) == "logs/var_log_app.log"
+    assert _member("checkout", taken) == "logs/checkout.log"
+    assert _member("/var/log/app.log", taken) == "logs/var_log_app-2.log"
+    assert _member("..", taken) == "logs/log...log"  # never a bare "." or ".." segment
