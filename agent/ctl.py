@@ -266,6 +266,19 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err_text = f"  error: {entry['error']}" if entry.get("error") else ""
         print(f"  {entry.get('path')}: lag {entry.get('lag_bytes', 0)} bytes, {entry.get('lines', 0)} lines{err_text}",
               file=out)
+    probes = (status.get("probes") or {}).get("probes") or []
+    if probes:
+        print(f"probes: {len(probes)}", file=out)
+        for p in probes:
+            state = "ok" if p.get("last_ok") else ("FAILING" if p.get("last_ok") is False else "not run yet")
+            detail = f" ({p.get('consecutive_failures')} in a row: {p.get('last_error')})" if state == "FAILING" else ""
+            print(f"  {p.get('name')} [{p.get('kind')} {p.get('component')}] {p.get('target')}: {state}{detail}", file=out)
+    collector = status.get("collector")
+    if collector:
+        conn = "connected" if collector.get("connected") else "NOT connected"
+        spool = status.get("spool") or {}
+        print(f"collector: {collector.get('collector_address')} {conn}; spool {spool.get('depth', 0)} "
+              f"bundles, {spool.get('bytes', 0)} bytes, {spool.get('evictions', 0)} evicted", file=out)
     last = status.get("last_bundle")
     if last:
         print(f"last bundle: {last.get('path')}", file=out)
