@@ -73,6 +73,9 @@ log = logging.getLogger("hostdiag.collector.ingest")
 
 MAX_ID_CHARS = 128
 _IDLE_HASHERS = 64
+# Chunks are written without an fsync each; a stream fsyncs at least this often, so a
+# power loss costs the agent at most this much re-sending (a process crash costs nothing).
+SYNC_EVERY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,52 @@ class _State:
         self.hasher: Any = None
         self.hashed_bytes = 0
         self.streams = 0
+        # The staging file's size as this collector last wrote it; None: ask the file.
+        self.size: int | None = None
+        self.unsynced_bytes = 0
+        # Set once a stream sharing this state stored the bundle.
+        self.published = False
 
 
 Publish = Callable[[BundleRecord], Awaitable[bool]]
+
+
+class _ReadAhead:
+    """An Upload stream's messages, the next one read while the current one is written.
+
+    gRPC hands a message over, and lets the client send more, only while a read
+    is pending.  Reading strictly one message after the other therefore stalls
+    the stream for every chunk's write, hash and bookkeeping; with one read in
+    flight, the next chunk arrives meanwhile.  At most one message is held
+    beyond the one being handled.
+    """
+
+    def __init__(self, messages: AsyncIterator[Any]) -> None:
+        self._messages = messages
+        self._pending: asyncio.Task[Any] | None = None
+
+    async def _read(self) -> Any:
+        try:
+            return await anext(self._messages)
+        except StopAsyncIteration:
+            return None
+
+    async def next(self, timeout_s: float, *, read_ahead: bool = True) -> Any:
+        """The next message (None at the end); raises ``TimeoutError`` after ``timeout_s``."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._read())
+        message = await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)
+        self._pending = None
+        if message is not None and read_ahead and not message.finish_write:
+            self._pending = asyncio.ensure_future(self._read())
+        return message
+
+    async def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
 
 
 def _created_at_ms(bundle_id: str, manifest: dict[str, Any]) -> int:
@@ -171,8 +217,11 @@ class Ingest:
         return CollectorError(code, message, reason)
 
     def _acquire_state(self, bundle_id: str) -> _State:
-        state = self._states.get(bundle_id) or self._idle.pop(bundle_id, None) or _State()
-        self._states[bundle_id] = state
+        state = self._states.get(bundle_id)
+        if state is None:
+            state = self._idle.pop(bundle_id, None) or _State()
+            state.size = None  # no stream held it: the file is the truth again
+            self._states[bundle_id] = state
         state.streams += 1
         return state
 
@@ -191,6 +240,7 @@ class Ingest:
         if state is not None:
             state.hasher = None
             state.hashed_bytes = 0
+            state.size = None
 
     async def _discard(self, bundle_id: str) -> None:
         """Remove a rejected upload entirely: staging file and upload row."""
@@ -209,15 +259,14 @@ class Ingest:
         bundle = await self.store.get_bundle(bundle_id)
         if bundle is not None:
             return UploadResult(bundle_id, bundle.size_bytes, True)
-        size = await self.staging.committed_size(bundle_id)
+        # Only what is durable: chunks are written without an fsync each.
+        size = await self.staging.durable_size(bundle_id)
         return UploadResult(bundle_id, size or 0, False)
 
     # -- Upload -------------------------------------------------------------------------
-    async def _next(self, messages: AsyncIterator[Any]) -> Any:
+    async def _next(self, messages: _ReadAhead) -> Any:
         try:
-            return await asyncio.wait_for(anext(messages), self.limits.upload_idle_timeout_s)
-        except StopAsyncIteration:
-            return None
+            return await messages.next(self.limits.upload_idle_timeout_s)
         except asyncio.TimeoutError:
             raise self._reject(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -234,8 +283,9 @@ class Ingest:
                 "too_many_uploads",
             )
         self.active_streams += 1
+        reader = _ReadAhead(messages)
         try:
-            first = await self._next(messages)
+            first = await self._next(reader)
             if first is None:
                 raise self._reject(
                     grpc.StatusCode.INVALID_ARGUMENT, "empty upload stream: no UploadRequest", "empty_stream"
@@ -254,13 +304,14 @@ class Ingest:
                     )
             state = self._acquire_state(bundle_id)
             try:
-                return await self._receive(bundle_id, state, first, messages)
+                return await self._receive(bundle_id, state, first, reader)
             finally:
                 self._release_state(bundle_id, state)
         finally:
             self.active_streams -= 1
+            await reader.close()
 
-    async def _receive(self, bundle_id: str, state: _State, first: Any, messages: AsyncIterator[Any]) -> UploadResult:
+    async def _receive(self, bundle_id: str, state: _State, first: Any, messages: _ReadAhead) -> UploadResult:
         stored = await self.store.get_bundle(bundle_id)
         if stored is not None:
             return UploadResult(bundle_id, stored.size_bytes, True)
@@ -287,25 +338,29 @@ class Ingest:
                     f"bundle_id: this stream uploads {bundle_id}, a later message names {msg.bundle_id[:80]!r}",
                     "invalid_bundle_id",
                 )
-            if len(msg.data) > self.limits.max_chunk_bytes:
+            # Each read of a protobuf bytes field copies it: read the chunk once.
+            data: bytes = msg.data
+            if len(data) > self.limits.max_chunk_bytes:
                 raise self._reject(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"data: chunk of {len(msg.data)} bytes exceeds the limit of {self.limits.max_chunk_bytes} bytes",
+                    f"data: chunk of {len(data)} bytes exceeds the limit of {self.limits.max_chunk_bytes} bytes",
                     "chunk_too_large",
                 )
             async with state.lock:
-                if await self.store.get_bundle(bundle_id) is not None:
+                if state.published:  # another stream of this bundle stored it meanwhile
                     stored = await self.store.get_bundle(bundle_id)
                     assert stored is not None
                     return UploadResult(bundle_id, stored.size_bytes, True)
-                committed = await self.staging.committed_size(bundle_id) or 0
+                if state.size is None:
+                    state.size = await self.staging.committed_size(bundle_id) or 0
+                committed = state.size
                 if msg.write_offset != committed:
                     raise self._reject(
                         grpc.StatusCode.OUT_OF_RANGE,
                         f"write_offset: expected {committed} (the committed size), got {msg.write_offset}",
                         "offset_mismatch",
                     )
-                if committed + len(msg.data) > self.limits.max_bundle_bytes:
+                if committed + len(data) > self.limits.max_bundle_bytes:
                     await self._discard(bundle_id)
                     # Permanent (FAILED_PRECONDITION), not RESOURCE_EXHAUSTED: retrying the
                     # same bundle can never fit, and agents retry RESOURCE_EXHAUSTED.
@@ -319,7 +374,7 @@ class Ingest:
                     upload = replace(upload, updated_at_ms=self.now_ms())
                     await self.store.put_upload(upload)
                     saved = True
-                if msg.data or committed == 0:
+                if data or committed == 0:
                     hasher = None
                     if state.hasher is None and committed == 0:
                         state.hasher, state.hashed_bytes = hashlib.sha256(), 0
@@ -327,8 +382,10 @@ class Ingest:
                         hasher = state.hasher
                     else:
                         state.hasher = None
+                    sync = state.unsynced_bytes + len(data) >= SYNC_EVERY_BYTES
+                    state.size = None  # unknown until the write returns
                     try:
-                        committed = await self.staging.append(bundle_id, committed, bytes(msg.data), hasher)
+                        committed = await self.staging.append(bundle_id, committed, data, hasher, sync)
                     except ValueError:
                         # The file changed size under us (a write of a cancelled stream ended late).
                         state.hasher = None
@@ -341,14 +398,20 @@ class Ingest:
                     except BaseException:
                         state.hasher = None  # the file may hold part of the chunk: rehash at finish
                         raise
+                    state.size = committed
+                    state.unsynced_bytes = 0 if sync else state.unsynced_bytes + len(data)
                     if hasher is not None:
                         state.hashed_bytes = committed
-                    if msg.data and self.counters.bytes_received is not None:
-                        self.counters.bytes_received.inc(len(msg.data))
+                    if data and self.counters.bytes_received is not None:
+                        self.counters.bytes_received.inc(len(data))
                 if msg.finish_write:
                     return await self._finish(bundle_id, state, upload, committed, msg)
             msg = await self._next(messages)
             if msg is None:
+                # The stream ended without finishing: what we answer must be durable.
+                async with state.lock:
+                    await self.staging.sync(bundle_id)
+                    state.unsynced_bytes = 0
                 return UploadResult(bundle_id, committed, False)
 
     async def _finish(
@@ -413,6 +476,7 @@ class Ingest:
         )
         # Shielded: a client that goes away now does not leave publication half done.
         await asyncio.shield(self._commit(replace(upload, state="verified", bundle=bundle, updated_at_ms=now)))
+        state.published = True
         self._forget(bundle_id)
         return UploadResult(bundle_id, committed, True)
 

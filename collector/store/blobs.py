@@ -6,16 +6,20 @@ Layout under the data directory::
     blobs/tmp/                  files being written by write_bytes (tmp + fsync + rename)
     uploads/<bundle-id>.part    one staging file per bundle being uploaded
 
-A staging file's size is its committed size: every chunk is written at the
-end and fsynced before the collector answers, so after a crash (even kill -9)
-the agent resumes from the file's size.  Should a power loss ever leave bytes
-on disk that were not what the agent sent, the sha256 check at the end of the
-upload rejects the bundle (DATA_LOSS) and the agent starts again; nothing
-corrupt becomes visible.
+A staging file's size is its committed size.  Chunks are appended without
+an fsync each (``append_sync(sync=False)``): a process crash, even kill -9,
+loses nothing the kernel already has, so the agent resumes from the file's
+size.  A size is *reported* only once it is durable: :meth:`StagingArea.durable_size`
+reads the size and then fsyncs (what QueryUpload answers), the uploader
+syncs when a stream ends without finishing and at least every few MiB, and
+publication fsyncs the file before renaming it.  Should a power loss ever
+leave bytes on disk that were not what the agent sent, the sha256 check at
+the end of the upload rejects the bundle (DATA_LOSS) and the agent starts
+again; nothing corrupt becomes visible.
 
-Publishing moves the verified staging file into ``blobs/`` with ``rename`` (the
-two directories are on the same file system) and fsyncs both directories, so
-the blob is either absent or complete.
+Publishing fsyncs the verified staging file, moves it into ``blobs/`` with
+``rename`` (the two directories are on the same file system) and fsyncs both
+directories, so the blob is either absent or complete.
 
 All methods that touch the disk have a blocking ``*_sync`` form run in an
 executor by the async form; the event loop never waits on the disk.
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["FileBlobStore", "StagingArea", "StagedUpload", "is_sha256", "is_bundle_id", "fsync_dir"]
+__all__ = ["FileBlobStore", "StagingArea", "StagedUpload", "is_sha256", "is_bundle_id", "fsync_dir", "fsync_file"]
 
 T = TypeVar("T")
 
@@ -63,6 +67,17 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: str) -> int:
+    """fsync ``path``; its size as it was just before, so every byte of that size is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return size
 
 
 class _Blocking:
@@ -104,6 +119,7 @@ class FileBlobStore(_Blocking):
             os.unlink(path)
             fsync_dir(os.path.dirname(path))
             return
+        fsync_file(path)  # staging files are appended without an fsync per chunk
         os.rename(path, target)
         fsync_dir(parent)
         fsync_dir(os.path.dirname(path))
@@ -193,12 +209,19 @@ class StagingArea(_Blocking):
         except FileNotFoundError:
             return None
 
-    def append_sync(self, bundle_id: str, offset: int, data: bytes, hasher: Any = None) -> int:
-        """Write ``data`` at ``offset`` (the current size), fsync; the new size.
+    def durable_size_sync(self, bundle_id: str) -> int | None:
+        """The staging file's size after making every byte of it durable (None: no file)."""
+        try:
+            return fsync_file(self.path(bundle_id))
+        except FileNotFoundError:
+            return None
+
+    def append_sync(self, bundle_id: str, offset: int, data: bytes, hasher: Any = None, sync: bool = True) -> int:
+        """Write ``data`` at ``offset`` (the current size), fsync when ``sync``; the new size.
 
         Creating the file also fsyncs the directory so the file survives a
         crash.  ``hasher`` (a running sha256), if given, is fed ``data`` once
-        it is durable.
+        it is written.
         """
         path = self.path(bundle_id)
         created = False
@@ -217,7 +240,8 @@ class StagingArea(_Blocking):
                 n = os.pwrite(fd, view, pos)
                 view = view[n:]
                 pos += n
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if created:
@@ -259,14 +283,23 @@ class StagingArea(_Blocking):
     async def committed_size(self, bundle_id: str) -> int | None:
         return await self._run(self.committed_size_sync, bundle_id)
 
-    async def append(self, bundle_id: str, offset: int, data: bytes, hasher: Any = None) -> int:
+    async def durable_size(self, bundle_id: str) -> int | None:
+        return await self._run(self.durable_size_sync, bundle_id)
+
+    async def sync(self, bundle_id: str) -> None:
+        """Make the staging file durable (nothing when there is none)."""
+        await self._run(self.durable_size_sync, bundle_id)
+
+    async def append(
+        self, bundle_id: str, offset: int, data: bytes, hasher: Any = None, sync: bool = True
+    ) -> int:
         """Like :meth:`append_sync`; if the caller is cancelled, still waits for the write to end.
 
         A cancelled Upload must not release its bundle's lock while a thread is
         still writing to the staging file.
         """
         fut = asyncio.get_running_loop().run_in_executor(
-            self._executor, self.append_sync, bundle_id, offset, data, hasher
+            self._executor, self.append_sync, bundle_id, offset, data, hasher, sync
         )
         try:
             return await asyncio.shield(fut)
