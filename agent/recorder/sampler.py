@@ -17,7 +17,7 @@ has ``None`` for every rate and ``interval_s`` None.
     net_rx_bytes_per_s net_tx_bytes_per_s          all interfaces but loopback
     open_fds max_fds        system-wide file handles (/proc/sys/fs/file-nr)
     tcp_states              {"established": n, "time_wait": n, "listen": n, ...} (probe: sock_diag, else /proc/net/tcp)
-    filesystems             [{mount, fstype, used_pct, free_bytes, inodes_used_pct}] (<= 32)
+    filesystems             [{mount, fstype, used_pct, free_bytes, total_bytes, inodes_used_pct}] (<= 32)
 
 A reading that fails (no PSI, no ``/proc/net/tcp``) leaves its keys out or
 None; it never fails the whole sample.
@@ -203,6 +203,7 @@ class MetricsSampler:
                     "fstype": part.get("fstype", ""),
                     "used_pct": round(100.0 * usage["used_bytes"] / total, 2) if total else None,
                     "free_bytes": usage["free_bytes"],
+                    "total_bytes": total,
                     "inodes_used_pct": (
                         round(100.0 * (inodes_total - usage.get("inodes_free", 0)) / inodes_total, 2)
                         if inodes_total

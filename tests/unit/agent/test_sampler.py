@@ -116,8 +116,10 @@ def test_counter_reset_gives_no_rate(fixtures_dir: Path) -> None:
 def test_filesystems_are_listed_once_per_device(fixtures_dir: Path) -> None:
     s = MetricsSampler(metrics_probe(), proc_root=str(fixtures_dir / "proc")).sample()
     assert s["filesystems"] == [
-        {"mount": "/", "fstype": "ext4", "used_pct": 75.0, "free_bytes": 20 * 2**30, "inodes_used_pct": 90.0},
-        {"mount": "/data", "fstype": "xfs", "used_pct": 50.0, "free_bytes": 2**39, "inodes_used_pct": None},
+        {"mount": "/", "fstype": "ext4", "used_pct": 75.0, "free_bytes": 20 * 2**30, "total_bytes": 100 * 2**30,
+         "inodes_used_pct": 90.0},
+        {"mount": "/data", "fstype": "xfs", "used_pct": 50.0, "free_bytes": 2**39, "total_bytes": 2**40,
+         "inodes_used_pct": None},
     ]
 
 
