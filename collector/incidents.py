@@ -19,7 +19,11 @@ injected clock).  A bundle that arrives late still attaches.
 
 Every change is appended to the incident's timeline in the same transaction.
 All request and incident changes go through one lock, so concurrent agent
-messages and API calls never overwrite each other's state.
+messages and API calls never overwrite each other's state.  The agent-message
+handlers hold it only until their change is queued in the store, not until it
+is committed: the store runs calls in order, so the next holder's read sees
+the change, and the commit (shared with other changes, one fsync for many) is
+awaited after the lock is released.
 """
 
 from __future__ import annotations
@@ -31,9 +35,9 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -62,6 +66,8 @@ __all__ = [
 
 log = logging.getLogger("hostdiag.collector.incidents")
 
+T = TypeVar("T")
+
 DEFAULT_PROFILE = "default"
 MAX_TITLE_CHARS = 200
 MAX_SERVICE_CHARS = 128
@@ -74,6 +80,22 @@ MAX_LIST_LIMIT = 1000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 _HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 _INCIDENT_ID = re.compile(r"inc-[a-z2-7]{8}")
+
+
+async def _queued(write: Awaitable[T]) -> Awaitable[T]:
+    """``write`` once the store has queued it; await the result after releasing the lock.
+
+    A store whose write methods queue the call before returning a future
+    (``SqliteMetadataStore.update_requests`` / ``publish_bundle``) makes every
+    later call see the change, so the lock need not be held for the commit.
+    Any other awaitable is awaited here, under the lock.
+    """
+    if asyncio.isfuture(write):
+        return write
+    result = await write
+    done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    done.set_result(result)
+    return done
 
 
 def new_incident_id() -> str:
@@ -394,7 +416,10 @@ class IncidentManager:
                 req.incident_id, now, "request_sent",
                 f"snapshot request sent (profile {command.profile!r}{window_note})", host_id=host_id,
             )
-            await self.store.update_requests([replace(req, sent_at_ms=now, updated_at_ms=now)], [event])
+            committed = await _queued(
+                self.store.update_requests([replace(req, sent_at_ms=now, updated_at_ms=now)], [event])
+            )
+        await committed
 
     # -- agent messages -----------------------------------------------------------------
     async def _agent_request(self, host_id: str, request_id: str) -> HostRequestRecord | None:
@@ -420,7 +445,8 @@ class IncidentManager:
                 why = _truncate(reason or "refused by the agent", MAX_REASON_CHARS)
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", f"agent refused: {why}", host_id=host_id)
-            await self.store.update_requests([new], [event])
+            committed = await _queued(self.store.update_requests([new], [event]))
+        await committed
 
     async def on_progress(self, host_id: str, request_id: str, stage: str, bundle_id: str, detail: str) -> None:
         async with self._lock:
@@ -441,7 +467,8 @@ class IncidentManager:
                 new = replace(new, bundle_id=_truncate(bundle_id, 64))
             message = stage + (f": {_truncate(detail, 256)}" if detail else "")
             event = TimelineEventRecord(req.incident_id, now, "progress", message, host_id=host_id)
-            await self.store.update_requests([new], [event])
+            committed = await _queued(self.store.update_requests([new], [event]))
+        await committed
 
     async def on_result(self, host_id: str, request_id: str, ok: bool, bundle_id: str, error: str) -> None:
         async with self._lock:
@@ -471,7 +498,8 @@ class IncidentManager:
                 why = _truncate(error or "the agent reported a failure", MAX_REASON_CHARS)
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", why, host_id=host_id)
-            await self.store.update_requests([new], [event])
+            committed = await _queued(self.store.update_requests([new], [event]))
+        await committed
 
     # -- bundles ------------------------------------------------------------------------
     async def publish_bundle(self, bundle: BundleRecord) -> bool:
@@ -481,24 +509,28 @@ class IncidentManager:
             requests: list[HostRequestRecord] = []
             events: list[TimelineEventRecord] = []
             req = await self.store.get_request(bundle.request_id) if bundle.request_id else None
+            incident_id: str | None = None
             if req is not None and req.host_id == bundle.host_id:
                 bundle = replace(bundle, incident_id=req.incident_id)
+                incident_id = req.incident_id  # a request's incident exists (foreign key)
                 if req.state != RequestStates.ATTACHED:
                     requests.append(
                         replace(req, state=RequestStates.ATTACHED, bundle_id=bundle.bundle_id, reason="",
                                 updated_at_ms=now)
                     )
-            incident = await self.store.get_incident(bundle.incident_id) if bundle.incident_id else None
-            if incident is not None:
+            elif bundle.incident_id and await self.store.get_incident(bundle.incident_id) is not None:
+                incident_id = bundle.incident_id
+            if incident_id is not None:
                 events.append(
                     TimelineEventRecord(
-                        incident.id, now, "bundle_attached",
+                        incident_id, now, "bundle_attached",
                         f"bundle {bundle.bundle_id} attached ({bundle.size_bytes} bytes)", host_id=bundle.host_id,
                     )
                 )
-            inserted = await self.store.publish_bundle(bundle, requests, events)
-        if inserted and incident is not None and self.on_bundle_attached is not None:
-            self.on_bundle_attached(incident.id)
+            committed = await _queued(self.store.publish_bundle(bundle, requests, events))
+        inserted = await committed
+        if inserted and incident_id is not None and self.on_bundle_attached is not None:
+            self.on_bundle_attached(incident_id)
         return inserted
 
     # -- expiry -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ Times are integer milliseconds since the Unix epoch (``*_ms``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -235,9 +235,12 @@ class MetadataStore(Protocol):
         self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
     ) -> None: ...
 
-    async def update_requests(
+    # update_requests and publish_bundle return an awaitable (an ``async def`` fits): an
+    # implementation whose awaitable is an already queued future lets the incident
+    # manager release its lock before waiting for the commit (see incidents.py).
+    def update_requests(
         self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
     async def get_request(self, request_id: str) -> HostRequestRecord | None: ...
 
@@ -286,12 +289,12 @@ class MetadataStore(Protocol):
 
     async def delete_upload(self, bundle_id: str) -> None: ...
 
-    async def publish_bundle(
+    def publish_bundle(
         self,
         bundle: BundleRecord,
         requests: Sequence[HostRequestRecord],
         events: Sequence[TimelineEventRecord],
-    ) -> bool:
+    ) -> Awaitable[bool]:
         """Insert the bundle row, delete its upload row, apply the request
         changes and events — one transaction.  False if the row existed."""
         ...

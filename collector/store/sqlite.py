@@ -5,24 +5,41 @@
   it returns.  ``NORMAL`` would be faster, but it may roll back the last
   commits on a power loss, and the collector tells an agent "stored" (after
   which the agent deletes its spooled copy) only once the bundle row is
-  committed — a rolled-back row would lose that bundle.  The write rate
-  (agent sessions, request states, one row per bundle) is small, so the extra
-  fsync per commit costs nothing that matters.
+  committed — a rolled-back row would lose that bundle.
+- **Group commit**: when an incident fans out to a thousand agents, their
+  acks, progress, uploads and results arrive together, and one fsync per
+  method would serialise them all on the disk.  So the store thread takes
+  every call waiting in its queue (up to :data:`MAX_BATCH_CALLS`) and runs
+  them in one transaction, each write method inside its own SAVEPOINT (a
+  failing method rolls back alone, exactly as before), then commits once.  A
+  write method's caller is answered only after that COMMIT, so "returned"
+  still means "durable".  A read is answered at once when nothing was written
+  before it in the batch; otherwise after the COMMIT, so no caller acts on a
+  change that is not durable -- except :meth:`SqliteMetadataStore.get_request`,
+  which is answered at once: its callers only use it to compute their own next
+  write, which commits in the same batch or a later one (see
+  ``IncidentManager``, which relies on this order).
 - **Schema** is versioned: ``schema_migrations`` records each applied
   migration; :data:`MIGRATIONS` lists them in order and new ones are only ever
   appended.  A database from a newer collector is refused.
-- **Transactions**: every public method is one ``BEGIN IMMEDIATE … COMMIT``
-  (or a plain read), so no caller sees half of a change.
-- **Threads**: the connection lives on one dedicated thread
-  (a single-worker executor); the event loop only awaits futures.
+- **Transactions**: every public write method is atomic (a SAVEPOINT inside
+  the batch's ``BEGIN … COMMIT``), so no caller sees half of a change.
+- **Threads and order**: the connection lives on one dedicated thread that
+  runs calls strictly in the order they were made; the event loop only awaits
+  futures.  Write methods that return a future (``update_requests``,
+  ``publish_bundle``) queue their call before returning, so a caller can
+  release its own lock before waiting for the COMMIT and still have every
+  later call see the change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
@@ -42,9 +59,52 @@ from hostdiag.collector.store.base import (
     UploadRecord,
 )
 
-__all__ = ["SqliteMetadataStore", "MIGRATIONS", "SchemaError"]
+__all__ = ["SqliteMetadataStore", "MIGRATIONS", "SchemaError", "MAX_BATCH_CALLS"]
 
 T = TypeVar("T")
+
+# Most store calls one transaction (one fsync) carries.
+MAX_BATCH_CALLS = 256
+
+
+class _Call:
+    """One store call waiting for the store thread."""
+
+    __slots__ = ("fn", "args", "future", "loop", "answer_now", "alone")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop, answer_now: bool, alone: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.future = future
+        self.loop = loop
+        self.answer_now = answer_now  # a read answered before the batch commits
+        self.alone = alone  # open/close: outside any transaction
+
+
+_Outcome = tuple[_Call, Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for call, result, exc in outcomes:
+        if call.future.cancelled():
+            continue
+        if exc is None:
+            call.future.set_result(result)
+        else:
+            call.future.set_exception(exc)
+
+
+def _answer(outcomes: list[_Outcome]) -> None:
+    """Hand results to their event loops (from the store thread)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, group)
 
 
 class SchemaError(Exception):
@@ -335,12 +395,83 @@ class SqliteMetadataStore:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hostdiag-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._in_batch = False  # the store thread has a batch transaction open
+        self._wrote = False  # ... and a write method changed something in it
+        self.commits = 0  # batch transactions committed (for tests and benchmarks)
 
     # -- plumbing --------------------------------------------------------------------
+    def _submit(
+        self, fn: Callable[..., T], *args: Any, answer_now: bool = False, alone: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` for the store thread now; the future of its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._serve, name="hostdiag-sqlite", daemon=True)
+            self._thread.start()
+        self._calls.put(_Call(fn, args, future, loop, answer_now, alone))
+        return future
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._submit(fn, *args)
+
+    def _serve(self) -> None:
+        """The store thread: run queued calls in batches until the stop mark."""
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            batch = [call]
+            stop = False
+            while len(batch) < MAX_BATCH_CALLS:
+                try:
+                    more = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Call]) -> None:
+        held: list[_Outcome] = []
+        try:
+            for call in batch:
+                if call.alone:
+                    held = self._commit(held)
+                elif not self._in_batch and self._conn is not None:
+                    self._conn.execute("BEGIN")
+                    self._in_batch, self._wrote = True, False
+                try:
+                    outcome: _Outcome = (call, call.fn(*call.args), None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    outcome = (call, None, exc)
+                if self._in_batch and self._wrote and not call.answer_now:
+                    held.append(outcome)
+                else:
+                    _answer([outcome])
+        finally:
+            self._commit(held)
+
+    def _commit(self, held: list[_Outcome]) -> list[_Outcome]:
+        """Commit the open batch (if any), then answer the calls that waited for it."""
+        if self._in_batch:
+            self._in_batch = False
+            try:
+                self.conn.execute("COMMIT")
+                self.commits += 1
+            except BaseException as exc:  # noqa: BLE001 - every held caller learns it
+                with contextlib.suppress(Exception):
+                    self.conn.execute("ROLLBACK")
+                held = [(call, None, exc) for call, _, _ in held]
+        _answer(held)
+        return []
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -350,6 +481,17 @@ class SqliteMetadataStore:
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self.conn
+        if self._in_batch:
+            conn.execute("SAVEPOINT store_write")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK TO store_write")
+                conn.execute("RELEASE store_write")
+                raise
+            conn.execute("RELEASE store_write")
+            self._wrote = True
+            return result
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
@@ -410,11 +552,14 @@ class SqliteMetadataStore:
             self._conn = None
 
     async def open(self) -> None:
-        await self._run(self.open_sync)
+        await self._submit(self.open_sync, alone=True)
 
     async def close(self) -> None:
-        await self._run(self.close_sync)
-        self._executor.shutdown(wait=True)
+        await self._submit(self.close_sync, alone=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._calls.put(None)
+            thread.join(timeout=10)
 
     async def schema_version(self) -> int:
         return await self._run(self.schema_version_sync)
@@ -676,17 +821,25 @@ class SqliteMetadataStore:
 
         self._write(tx)
 
-    async def update_requests(
+    def update_requests(
         self, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
-    ) -> None:
-        await self._run(self._update_requests, list(requests), list(events))
+    ) -> asyncio.Future[None]:
+        """Queued before this returns (see the module notes); await the result for the COMMIT."""
+        return self._submit(self._update_requests, list(requests), list(events))
 
     async def get_request(self, request_id: str) -> HostRequestRecord | None:
+        """Answered at once, even when it sees a change whose batch has not committed yet.
+
+        Its callers read a request to compute their own next change of it, which
+        commits after (or fails with) the change they saw; waiting for every
+        COMMIT here would serialise the incident manager on the disk.
+        """
+
         def read() -> HostRequestRecord | None:
             row = self.conn.execute("SELECT * FROM host_requests WHERE request_id = ?", (request_id,)).fetchone()
             return _request(row) if row else None
 
-        return await self._run(read)
+        return await self._submit(read, answer_now=True)
 
     async def list_requests(self, incident_id: str) -> list[HostRequestRecord]:
         return await self._run(
@@ -797,10 +950,11 @@ class SqliteMetadataStore:
 
         return self._write(tx)
 
-    async def publish_bundle(
+    def publish_bundle(
         self, bundle: BundleRecord, requests: Sequence[HostRequestRecord], events: Sequence[TimelineEventRecord]
-    ) -> bool:
-        return await self._run(self._publish_bundle, bundle, list(requests), list(events))
+    ) -> asyncio.Future[bool]:
+        """Queued before this returns (see the module notes); await the result for the COMMIT."""
+        return self._submit(self._publish_bundle, bundle, list(requests), list(events))
 
     async def get_bundle(self, bundle_id: str) -> BundleRecord | None:
         def read() -> BundleRecord | None:
