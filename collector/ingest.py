@@ -136,6 +136,11 @@ class _ReadAhead:
     def __init__(self, messages: AsyncIterator[Any]) -> None:
         self._messages = messages
         self._pending: asyncio.Task[Any] | None = None
+        self._unread: Any = None
+
+    def unread(self, message: Any) -> None:
+        """Hand ``message`` out again on the next call (the caller drops its own reference)."""
+        self._unread = message
 
     async def _read(self) -> Any:
         try:
@@ -143,13 +148,16 @@ class _ReadAhead:
         except StopAsyncIteration:
             return None
 
-    async def next(self, timeout_s: float, *, read_ahead: bool = True) -> Any:
+    async def next(self, timeout_s: float) -> Any:
         """The next message (None at the end); raises ``TimeoutError`` after ``timeout_s``."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._read())
-        message = await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)
-        self._pending = None
-        if message is not None and read_ahead and not message.finish_write:
+        if self._unread is not None:
+            message, self._unread = self._unread, None
+        else:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._read())
+            message = await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)
+            self._pending = None
+        if message is not None and not message.finish_write and self._pending is None:
             self._pending = asyncio.ensure_future(self._read())
         return message
 
@@ -302,16 +310,23 @@ class Ingest:
                     raise self._reject(
                         grpc.StatusCode.INVALID_ARGUMENT, f"{name}: at most {MAX_ID_CHARS} characters", "bad_field"
                     )
+            request_id, incident_id = first.request_id, first.incident_id
+            # Nothing but the reader keeps a message (and its chunk) once the chunk is written:
+            # with many uploads at once, chunks held through publication add up.
+            reader.unread(first)
+            del first
             state = self._acquire_state(bundle_id)
             try:
-                return await self._receive(bundle_id, state, first, reader)
+                return await self._receive(bundle_id, state, request_id, incident_id, reader)
             finally:
                 self._release_state(bundle_id, state)
         finally:
             self.active_streams -= 1
             await reader.close()
 
-    async def _receive(self, bundle_id: str, state: _State, first: Any, messages: _ReadAhead) -> UploadResult:
+    async def _receive(
+        self, bundle_id: str, state: _State, request_id: str, incident_id: str, messages: _ReadAhead
+    ) -> UploadResult:
         stored = await self.store.get_bundle(bundle_id)
         if stored is not None:
             return UploadResult(bundle_id, stored.size_bytes, True)
@@ -323,23 +338,27 @@ class Ingest:
                 bundle_id=bundle_id,
                 started_at_ms=now,
                 updated_at_ms=now,
-                request_id=first.request_id,
-                incident_id=first.incident_id,
+                request_id=request_id,
+                incident_id=incident_id,
             )
-        elif (first.request_id or first.incident_id) and not (upload.request_id or upload.incident_id):
-            upload = replace(upload, request_id=first.request_id, incident_id=first.incident_id)
+        elif (request_id or incident_id) and not (upload.request_id or upload.incident_id):
+            upload = replace(upload, request_id=request_id, incident_id=incident_id)
             saved = False
-        msg = first
+        msg = await self._next(messages)
         committed = 0
-        while True:
+        while msg is not None:
             if msg.bundle_id and msg.bundle_id != bundle_id:
                 raise self._reject(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"bundle_id: this stream uploads {bundle_id}, a later message names {msg.bundle_id[:80]!r}",
                     "invalid_bundle_id",
                 )
-            # Each read of a protobuf bytes field copies it: read the chunk once.
+            # Each read of a protobuf bytes field copies it: read the chunk once, then let the
+            # message go, so only ``data`` holds the chunk until it is written.
             data: bytes = msg.data
+            offset, finish = msg.write_offset, msg.finish_write
+            total_size, sha256 = msg.total_size_bytes, msg.sha256
+            del msg
             if len(data) > self.limits.max_chunk_bytes:
                 raise self._reject(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -354,10 +373,10 @@ class Ingest:
                 if state.size is None:
                     state.size = await self.staging.committed_size(bundle_id) or 0
                 committed = state.size
-                if msg.write_offset != committed:
+                if offset != committed:
                     raise self._reject(
                         grpc.StatusCode.OUT_OF_RANGE,
-                        f"write_offset: expected {committed} (the committed size), got {msg.write_offset}",
+                        f"write_offset: expected {committed} (the committed size), got {offset}",
                         "offset_mismatch",
                     )
                 if committed + len(data) > self.limits.max_bundle_bytes:
@@ -392,7 +411,7 @@ class Ingest:
                         now_size = await self.staging.committed_size(bundle_id) or 0
                         raise self._reject(
                             grpc.StatusCode.OUT_OF_RANGE,
-                            f"write_offset: expected {now_size} (the committed size), got {msg.write_offset}",
+                            f"write_offset: expected {now_size} (the committed size), got {offset}",
                             "offset_mismatch",
                         ) from None
                     except BaseException:
@@ -404,41 +423,42 @@ class Ingest:
                         state.hashed_bytes = committed
                     if data and self.counters.bytes_received is not None:
                         self.counters.bytes_received.inc(len(data))
-                if msg.finish_write:
-                    return await self._finish(bundle_id, state, upload, committed, msg)
+                data = b""
+                if finish:
+                    return await self._finish(bundle_id, state, upload, committed, total_size, sha256)
             msg = await self._next(messages)
-            if msg is None:
-                # The stream ended without finishing: what we answer must be durable.
-                async with state.lock:
-                    await self.staging.sync(bundle_id)
-                    state.unsynced_bytes = 0
-                return UploadResult(bundle_id, committed, False)
+        # The stream ended without finishing: what we answer must be durable.
+        async with state.lock:
+            await self.staging.sync(bundle_id)
+            state.unsynced_bytes = 0
+        return UploadResult(bundle_id, committed, False)
 
     async def _finish(
-        self, bundle_id: str, state: _State, upload: UploadRecord, committed: int, msg: Any
+        self, bundle_id: str, state: _State, upload: UploadRecord, committed: int, total_size_bytes: int,
+        sha256: str,
     ) -> UploadResult:
         """Verify and publish; called with the bundle's lock held."""
         bad = grpc.StatusCode.INVALID_ARGUMENT
-        if msg.total_size_bytes != committed:
+        if total_size_bytes != committed:
             await self._discard(bundle_id)
             raise self._reject(
                 bad,
-                f"total_size_bytes: finish_write says {msg.total_size_bytes} but {committed} bytes were received; "
+                f"total_size_bytes: finish_write says {total_size_bytes} but {committed} bytes were received; "
                 "upload discarded",
                 "size_mismatch",
             )
-        if not is_sha256(msg.sha256):
+        if not is_sha256(sha256):
             await self._discard(bundle_id)
             raise self._reject(bad, "sha256: must be 64 lowercase hex digits; upload discarded", "bad_sha256")
         if state.hasher is not None and state.hashed_bytes == committed:
             digest = state.hasher.hexdigest()
         else:
             digest = await self.staging.sha256(bundle_id)
-        if digest != msg.sha256:
+        if digest != sha256:
             await self._discard(bundle_id)
             raise self._reject(
                 grpc.StatusCode.DATA_LOSS,
-                f"sha256: the {committed} bytes received hash to {digest}, finish_write says {msg.sha256}; "
+                f"sha256: the {committed} bytes received hash to {digest}, finish_write says {sha256}; "
                 "upload discarded, send the bundle again",
                 "sha256_mismatch",
             )
