@@ -191,7 +191,7 @@ def _parse_file(
         raise ConfigError(file, "rule", "expected an array of tables ([[rule]])")
     rules: list[_Rule] = []
     for i, raw in enumerate(raw_rules):
-        rule = _parse_rule(raw, file, i, first_priority + i)
+        rule = _parse_rule(raw, file, i, first_priority + i, lazy=builtin)
         if rule.name in taken:
             raise ConfigError(file, _where(i, rule.name, "name"), f"duplicate rule name {rule.name!r}")
         taken.add(rule.name)
@@ -204,7 +204,10 @@ def _where(index: int, name: str | None, key: str = "") -> str:
     return f"{label}.{key}" if key else label
 
 
-def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _Rule:
+def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int, *, lazy: bool = False) -> _Rule:
+    """One rule.  ``lazy`` (the shipped rules, which the test suite checks in full) defers
+    compiling its patterns to first use, so a short-lived ``agentctl collect`` does not pay
+    for rules it never needs; an operator's file is compiled and checked eagerly."""
     name_value = raw.get("name")
     name = name_value if isinstance(name_value, str) and name_value else None
 
@@ -251,13 +254,13 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
     # line (which the prefilter computes anyway): Python's regex engine can
     # only skip ahead to a pattern's leading literal when it is case-sensitive.
     on_lower = "i" in flags_text and kind in ("text", "block")
-    if on_lower:
+    if on_lower and not lazy:
         _compile(file, _where(index, name, "pattern"), pattern, flags_text)  # report errors as written
         pattern = _lowercase_pattern(pattern)
         flags_text = flags_text.replace("i", "")
     if kind in ("text", "block") and "m" not in flags_text:
         flags_text += "m"  # rules see one line at a time: ^ and $ are line anchors
-    regex = _compile(file, _where(index, name, "pattern"), pattern, flags_text)
+    regex = _compile(file, _where(index, name, "pattern"), pattern, flags_text, lazy=lazy)
 
     if kind == "name":
         return _NameRule(name, priority, regex, marker)
@@ -281,15 +284,16 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
     if kind == "block":
         end_text = get("end_pattern", str, "a string (a Python regular expression)", required=True)
         if on_lower:
-            _compile(file, _where(index, name, "end_pattern"), end_text, flags_text + "i")
+            if not lazy:
+                _compile(file, _where(index, name, "end_pattern"), end_text, flags_text + "i")
             end_text = _lowercase_pattern(end_text)
-        end = _compile(file, _where(index, name, "end_pattern"), end_text, flags_text)
-        if end.search("") is not None:
+        end = _compile(file, _where(index, name, "end_pattern"), end_text, flags_text, lazy=lazy)
+        if not lazy and end.search("") is not None:
             raise fail("end_pattern", "can match the empty string")
         max_lines = get("max_lines", int, "an integer", default=200)
         if not 1 <= max_lines <= 100_000:
             raise fail("max_lines", f"must be between 1 and 100000, got {max_lines}")
-        if regex.search("") is not None:
+        if not lazy and regex.search("") is not None:
             raise fail("pattern", "can match the empty string")
         return _BlockRule(name, priority, tuple(keywords), always, regex, end, max_lines, marker, on_lower)
 
@@ -303,13 +307,16 @@ def _parse_rule(raw: dict[str, Any], file: str, index: int, priority: int) -> _R
             raise fail("secret_group", f"expected a group number or name, got {g!r}")
         if isinstance(g, str) and on_lower:
             g = g.lower()
+        if lazy:
+            groups.append(g)  # the shipped rules are checked in full by test_builtin_rules_pass_eager_checks
+            continue
         if isinstance(g, int) and not 0 <= g <= regex.groups:
             raise fail("secret_group", f"group {g} does not exist (the pattern has {regex.groups} groups)")
         if isinstance(g, str) and g not in regex.groupindex:
             names = ", ".join(regex.groupindex) or "none"
             raise fail("secret_group", f"group {g!r} does not exist (named groups: {names})")
         groups.append(g)
-    if regex.search("") is not None:
+    if not lazy and regex.search("") is not None:
         raise fail("pattern", "can match the empty string")
     return _TextRule(name, priority, tuple(keywords), always, regex, tuple(groups), marker, on_lower)
 
@@ -367,7 +374,26 @@ def _lowercase_pattern(pattern: str) -> str:
     return "".join(out)
 
 
-def _compile(file: str, key: str, pattern: Any, flags_text: str) -> re.Pattern[str]:
+class _LazyPattern:
+    """A regular expression compiled on first use (attributes delegate to it)."""
+
+    __slots__ = ("pattern", "flags", "_compiled")
+
+    def __init__(self, pattern: str, flags: int) -> None:
+        self.pattern = pattern
+        self.flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.compiled(), name)
+
+
+def _compile(file: str, key: str, pattern: Any, flags_text: str, *, lazy: bool = False) -> re.Pattern[str]:
     if not isinstance(pattern, str):
         raise ConfigError(file, key, f"expected a string (a Python regular expression), got {pattern!r}")
     flags = 0
@@ -376,6 +402,8 @@ def _compile(file: str, key: str, pattern: Any, flags_text: str) -> re.Pattern[s
             raise ConfigError(file, key.rsplit(".", 1)[0] + ".flags" if "." in key else "flags",
                               f"unknown flag {letter!r} (allowed: {', '.join(_FLAG_BITS)})")
         flags |= _FLAG_BITS[letter]
+    if lazy:
+        return _LazyPattern(pattern, flags)  # type: ignore[return-value]
     try:
         return re.compile(pattern, flags)
     except re.error as exc:

@@ -87,7 +87,7 @@ class ProcessesSource:
             default=10000, metadata={"min": 1, "max": 1_000_000, "doc": "most processes in the table"}
         )
         cpu_sample_s: float = field(
-            default=0.2, metadata={"min": 0.0, "max": 10.0, "doc": "CPU percent measured over this long; 0: none"}
+            default=0.1, metadata={"min": 0.0, "max": 10.0, "doc": "CPU percent measured over this long; 0: none"}
         )
 
     def __init__(self, config: Config) -> None:

@@ -189,3 +189,20 @@ def test_bad_argv_rule(tmp_path: Path) -> None:
 def test_bad_name_rule(tmp_path: Path) -> None:
     path = write(tmp_path, '[[rule]]\nname = "n"\nkind = "name"\ndescription = "d"\npattern = "x"\nkeywords = ["x"]\n')
     expect_error(path, path, "rule[0] (n).keywords", "unknown key for a name rule")
+
+
+def test_builtin_rules_pass_eager_checks() -> None:
+    """The shipped rules compile lazily at run time; here they get every check an operator's file gets."""
+    from importlib import resources
+
+    from hostdiag.agent.configfile import read_toml
+    from hostdiag.agent.redact import engine
+
+    path = str(resources.files("hostdiag.agent.redact").joinpath(engine.BUILTIN_RULES_FILE))
+    data = read_toml(path)
+    for i, raw in enumerate(data["rule"]):
+        eager = engine._parse_rule(raw, path, i, i, lazy=False)
+        lazy = engine._parse_rule(raw, path, i, i, lazy=True)
+        assert type(eager) is type(lazy) and eager.name == lazy.name
+    builtin = engine.load_redactor()
+    assert len(builtin.rule_names) == len(data["rule"])
