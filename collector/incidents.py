@@ -23,13 +23,15 @@ messages and API calls never overwrite each other's state.  The agent-message
 handlers hold it only until their change is queued in the store, not until it
 is committed: the store runs calls in order, so the next holder's read sees
 the change, and the commit (shared with other changes, one fsync for many) is
-awaited after the lock is released.
+awaited after the lock is released.  They read the request from the manager's
+own copy of its last change (kept for recent requests), not from the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import logging
 import math
 import re
@@ -67,6 +69,9 @@ __all__ = [
 log = logging.getLogger("hostdiag.collector.incidents")
 
 T = TypeVar("T")
+
+# Host requests kept in memory as last changed (see IncidentManager._requests).
+REQUEST_CACHE_ENTRIES = 16384
 
 DEFAULT_PROFILE = "default"
 MAX_TITLE_CHARS = 200
@@ -153,11 +158,48 @@ class IncidentManager:
         self._lock = asyncio.Lock()
         # Last progress stage recorded per request: repeated stages are not re-recorded.
         self._last_stage: dict[str, str] = {}
+        # Recent host requests as this manager last changed (queued) them.  Every change of a
+        # request goes through this manager under the lock and is queued in the store in the
+        # same step, so an entry is never behind the store; the agent-message handlers read
+        # requests here instead of waiting for a trip through the store's queue with the lock
+        # held, which would serialise a thousand agents' messages on the store.
+        self._requests: collections.OrderedDict[str, HostRequestRecord] = collections.OrderedDict()
         # Called with the incident id after a bundle attached to it (the severity signals).
         self.on_bundle_attached: Callable[[str], None] | None = None
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    # -- the request cache (all under the lock) ---------------------------------------------
+    def _remember(self, requests: Sequence[HostRequestRecord]) -> None:
+        for req in requests:
+            self._requests[req.request_id] = req
+            self._requests.move_to_end(req.request_id)
+        while len(self._requests) > REQUEST_CACHE_ENTRIES:
+            self._requests.popitem(last=False)
+
+    def _forget(self, requests: Sequence[HostRequestRecord]) -> None:
+        """A change that failed: read these from the store again next time."""
+        for req in requests:
+            self._requests.pop(req.request_id, None)
+
+    async def _request(self, request_id: str) -> HostRequestRecord | None:
+        req = self._requests.get(request_id)
+        if req is not None:
+            self._requests.move_to_end(request_id)
+            return req
+        req = await self.store.get_request(request_id)
+        if req is not None:
+            self._remember([req])
+        return req
+
+    async def _committed(self, pending: Awaitable[T], requests: Sequence[HostRequestRecord]) -> T:
+        """Wait for a queued change (outside the lock); forget its requests if it failed."""
+        try:
+            return await pending
+        except BaseException:
+            self._forget(requests)
+            raise
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -297,6 +339,7 @@ class IncidentManager:
                 )
             ]
             await self.store.create_incident(inc, requests, events)
+            self._remember(requests)
             log.info(
                 "incident opened",
                 extra={"event": "incident_opened", "incident_id": incident_id, "hosts": len(requests)},
@@ -330,6 +373,7 @@ class IncidentManager:
             session.enqueue(Command(req.request_id, inc.id, inc.profile, window))
         if failed:
             await self.store.update_requests(failed, events)
+            self._remember(failed)
 
     async def on_agent_connected(self, session: AgentSession) -> None:
         """Deliver this host's waiting requests and add it to matching incidents."""
@@ -366,6 +410,7 @@ class IncidentManager:
                     inc.id, now, "host_added", "agent connected and matches the selector", host_id=session.host_id
                 )
                 await self.store.add_requests([req], [event])
+                self._remember([req])
                 await self._deliver(inc, [req])
 
     async def add_hosts(
@@ -401,13 +446,14 @@ class IncidentManager:
             inc = replace(inc, selector_host_ids=named)
             await self.store.update_incident(inc, [])
             await self.store.add_requests(requests, events)
+            self._remember(requests)
             await self._deliver(inc, requests)
             return added
 
     async def on_command_sent(self, host_id: str, command: Command) -> None:
         """Record that the command went out on the agent's stream."""
         async with self._lock:
-            req = await self.store.get_request(command.request_id)
+            req = await self._request(command.request_id)
             if req is None:
                 return
             now = self.now_ms()
@@ -416,14 +462,14 @@ class IncidentManager:
                 req.incident_id, now, "request_sent",
                 f"snapshot request sent (profile {command.profile!r}{window_note})", host_id=host_id,
             )
-            committed = await _queued(
-                self.store.update_requests([replace(req, sent_at_ms=now, updated_at_ms=now)], [event])
-            )
-        await committed
+            new = replace(req, sent_at_ms=now, updated_at_ms=now)
+            committed = await _queued(self.store.update_requests([new], [event]))
+            self._remember([new])
+        await self._committed(committed, [new])
 
     # -- agent messages -----------------------------------------------------------------
     async def _agent_request(self, host_id: str, request_id: str) -> HostRequestRecord | None:
-        req = await self.store.get_request(request_id)
+        req = await self._request(request_id)
         if req is None or req.host_id != host_id:
             log.warning(
                 "agent message for an unknown request",
@@ -446,7 +492,8 @@ class IncidentManager:
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", f"agent refused: {why}", host_id=host_id)
             committed = await _queued(self.store.update_requests([new], [event]))
-        await committed
+            self._remember([new])
+        await self._committed(committed, [new])
 
     async def on_progress(self, host_id: str, request_id: str, stage: str, bundle_id: str, detail: str) -> None:
         async with self._lock:
@@ -468,7 +515,8 @@ class IncidentManager:
             message = stage + (f": {_truncate(detail, 256)}" if detail else "")
             event = TimelineEventRecord(req.incident_id, now, "progress", message, host_id=host_id)
             committed = await _queued(self.store.update_requests([new], [event]))
-        await committed
+            self._remember([new])
+        await self._committed(committed, [new])
 
     async def on_result(self, host_id: str, request_id: str, ok: bool, bundle_id: str, error: str) -> None:
         async with self._lock:
@@ -499,7 +547,8 @@ class IncidentManager:
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", why, host_id=host_id)
             committed = await _queued(self.store.update_requests([new], [event]))
-        await committed
+            self._remember([new])
+        await self._committed(committed, [new])
 
     # -- bundles ------------------------------------------------------------------------
     async def publish_bundle(self, bundle: BundleRecord) -> bool:
@@ -508,7 +557,7 @@ class IncidentManager:
             now = self.now_ms()
             requests: list[HostRequestRecord] = []
             events: list[TimelineEventRecord] = []
-            req = await self.store.get_request(bundle.request_id) if bundle.request_id else None
+            req = await self._request(bundle.request_id) if bundle.request_id else None
             incident_id: str | None = None
             if req is not None and req.host_id == bundle.host_id:
                 bundle = replace(bundle, incident_id=req.incident_id)
@@ -528,7 +577,10 @@ class IncidentManager:
                     )
                 )
             committed = await _queued(self.store.publish_bundle(bundle, requests, events))
-        inserted = await committed
+            self._remember(requests)
+        inserted = await self._committed(committed, requests)
+        if not inserted:
+            self._forget(requests)  # the bundle was stored before: these changes were not made
         if inserted and incident_id is not None and self.on_bundle_attached is not None:
             self.on_bundle_attached(incident_id)
         return inserted
@@ -552,6 +604,7 @@ class IncidentManager:
                 for r in due
             ]
             await self.store.update_requests(changed, events)
+            self._remember(changed)
             for r in due:
                 self._last_stage.pop(r.request_id, None)
             return len(due)
