@@ -218,3 +218,14 @@ def test_look_alikes_are_left_alone(redactor: Redactor, line: str) -> None:
     counts: collections.Counter[str] = collections.Counter()
     assert redactor.redact(line, counts) == line
     assert not counts
+
+
+def test_auth_assign_keywords_cover_every_form_the_pattern_allows() -> None:
+    from hostdiag.agent.redact import load_redactor
+
+    r = load_redactor()
+    secret = "dXNlcjpodW50ZXIyaHVudGVyMg=="
+    for line in (f'"auth": "{secret}"', f"auth={secret}", f"auth = {secret}", f"auth\t= {secret}",
+                 f"auth: {secret}", f"'auth': '{secret}'", f'{{\\"auth\\": \\"{secret}\\"}}'):
+        assert secret not in r.redact(line), line
+    assert r.redact("auth.session user logged in") == "auth.session user logged in"
