@@ -60,7 +60,7 @@ from typing import Any
 
 import grpc
 
-from hostdiag.agent.bundle.reader import BundleFormatError, ReadLimits, read_manifest_and_evidence
+from hostdiag.agent.bundle.reader import BundleFormatError, ReadLimits, read_manifest_and_evidence, verify_bundle
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.metrics import Counter
 from hostdiag.collector.signals.evidence import stored_evidence_json
@@ -468,6 +468,9 @@ class Ingest:
             manifest, evidence = await loop.run_in_executor(
                 self._executor, read_manifest_and_evidence, path, self._read_limits
             )
+            # Then every member: names, types, duplicates, count and each size and sha256
+            # against the manifest, so a bundle stored here is one a responder can unpack safely.
+            await loop.run_in_executor(self._executor, self._verify_members, path)
         except BundleFormatError as exc:
             await self._discard(bundle_id)
             raise self._reject(bad, f"bad bundle: {exc}; upload discarded", "bad_bundle") from None
@@ -499,6 +502,13 @@ class Ingest:
         state.published = True
         self._forget(bundle_id)
         return UploadResult(bundle_id, committed, True)
+
+    def _verify_members(self, path: str) -> None:
+        """Read the whole bundle within the caps; raise on its first problem."""
+        report = verify_bundle(path, limits=self._read_limits)
+        if not report.ok:
+            more = len(report.problems) - 1
+            raise BundleFormatError(report.problems[0] + (f" (and {more} more problems)" if more > 0 else ""))
 
     def _manifest_text(self, path: str) -> str:
         """manifest.json exactly as the agent wrote it (the reader already checked it)."""

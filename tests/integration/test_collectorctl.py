@@ -410,11 +410,11 @@ def test_download_of_a_short_stored_file_fails(collector: RunningCollector, tmp_
 
 
 def hand_made_bundle(bundle_id: str, host_id: str, *, listed_sha256_of_extra: str | None = None) -> bytes:
-    """A bundle whose extra member does not match its manifest entry.
+    """A bundle whose extra member does not match its manifest entry (when told to lie).
 
     The whole file's sha256 is honest (the agent hashed what it sent), and the
-    manifest and evidence read cleanly, so the collector stores it; only a
-    full member check finds the lie.
+    manifest and evidence read cleanly; only a full member check, which the
+    collector makes at upload, finds the lie.
     """
     evidence = b'{"host": {}}\n'
     extra = b"the member as it really is\n"
@@ -441,15 +441,24 @@ def hand_made_bundle(bundle_id: str, host_id: str, *, listed_sha256_of_extra: st
     return zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue())
 
 
-def test_download_whose_members_do_not_match_the_manifest_fails(collector: RunningCollector, tmp_path: Path) -> None:
+def test_a_bundle_whose_members_do_not_match_the_manifest_is_never_stored(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    """The collector checks every member at upload, so such a bundle never reaches a download.
+
+    collectorctl's own check of downloaded members stays as a second line
+    (tests/unit/collector/test_ctl.py covers it against a lying server).
+    """
     bundle_id = "01890a5d-ac96-774b-bcce-b302099a8058"
     data = hand_made_bundle(bundle_id, "web-9", listed_sha256_of_extra="0" * 64)
-    upload(collector.channel, bundle_id, data)
+    with pytest.raises(grpc.RpcError) as info:
+        upload(collector.channel, bundle_id, data)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "extra.txt" in (info.value.details() or "") and "sha256 mismatch" in (info.value.details() or "")
     out_dir = tmp_path / "downloads"
     out_dir.mkdir()
     result = ctl(collector, "bundle", "download", bundle_id, "-o", str(out_dir))
-    assert result.code == 1
-    assert "the bundle does not verify: " in result.err and "extra.txt" in result.err
+    assert result.code != 0
     assert leftovers(out_dir) == []
 
 
