@@ -98,6 +98,12 @@ class CollectorSection:
     expiry_check_interval_s: float = field(
         default=5.0, metadata={"min": 0.05, "max": 600, "doc": "how often expired requests are marked"}
     )
+    snapshot_min_interval_s: float = field(
+        default=60.0,
+        metadata={"min": 0, "max": 86400,
+                  "doc": "per-host rate limit: a request for a host with one in flight or a bundle younger than "
+                         "this is coalesced with it; 0: off"},
+    )
     max_bundle_bytes: int = field(
         default=256 * MiB, metadata={"size": True, "min": 64 * KiB, "max": 16384 * MiB, "doc": "largest bundle"}
     )

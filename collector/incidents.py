@@ -85,6 +85,21 @@ MAX_LIST_LIMIT = 1000
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 _HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 _INCIDENT_ID = re.compile(r"inc-[a-z2-7]{8}")
+# A request coalesced with another host request stays ``requested`` (never sent to the agent)
+# with this reason until that request ends; it names the request it waits for.
+_COALESCED = re.compile(r"coalesced with request (\S+) of incident \S+")
+
+
+def _leader_id(req: HostRequestRecord) -> str | None:
+    """The request ``req`` is coalesced with (it waits for that one's bundle), or None."""
+    if req.state != RequestStates.REQUESTED:
+        return None
+    match = _COALESCED.match(req.reason)
+    return match.group(1) if match else None
+
+
+def _coalesced_reason(leader: HostRequestRecord) -> str:
+    return f"coalesced with request {leader.request_id} of incident {leader.incident_id}"
 
 
 async def _queued(write: Awaitable[T]) -> Awaitable[T]:
@@ -149,10 +164,14 @@ class IncidentManager:
         request_ttl_s: float = 1800.0,
         default_window_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        snapshot_min_interval_s: float = 0.0,
     ) -> None:
         self.store = store
         self.fleet = fleet
         self.request_ttl_s = request_ttl_s
+        # Per-host rate limit (0: none): a new request for a host with one in flight, or whose
+        # last bundle is younger than this, is coalesced with it instead of asking the host again.
+        self.snapshot_min_interval_s = snapshot_min_interval_s
         self.default_window_s = default_window_s
         self.clock = clock
         self._lock = asyncio.Lock()
@@ -220,10 +239,19 @@ class IncidentManager:
             incident=inc,
             requests=await self.store.list_requests(inc.id),
             events=await self.store.list_events(inc.id),
-            bundle_ids=await self.store.bundle_ids_for_incident(inc.id),
+            bundle_ids=await self._bundle_ids(inc.id),
             escalations=await self.store.list_escalations(inc.id),
             suggestion_json=await self.store.get_suggestion(inc.id) or "",
         )
+
+    async def _bundle_ids(self, incident_id: str) -> list[str]:
+        """The incident's bundles, with those shared from a coalesced request's incident."""
+        ids = await self.store.bundle_ids_for_incident(incident_id)
+        shared = [
+            r.bundle_id for r in await self.store.list_requests(incident_id)
+            if r.state == RequestStates.ATTACHED and r.bundle_id and r.bundle_id not in ids
+        ]
+        return ids + sorted(set(shared))
 
     async def list(self, state: str | None = None, limit: int = 100, *, overdue: bool = False) -> list[IncidentView]:
         """Newest first; ``overdue``: only unresolved incidents with an open runbook breach."""
@@ -338,6 +366,8 @@ class IncidentManager:
                     actor=actor,
                 )
             ]
+            requests, coalesced = await self._coalesce(incident_id, requests, now)
+            events += coalesced
             await self.store.create_incident(inc, requests, events)
             self._remember(requests)
             log.info(
@@ -346,6 +376,122 @@ class IncidentManager:
             )
             await self._deliver(inc, requests)
         return await self._view(inc)
+
+    # -- the per-host rate limit ------------------------------------------------------------
+    async def _in_flight(self, host_id: str, incident_id: str, now: int) -> HostRequestRecord | None:
+        """Another incident's request to this host still waiting for its bundle (not itself coalesced)."""
+        for r in await self.store.requests_for_host(host_id, RequestStates.PENDING):
+            if r.incident_id != incident_id and r.expires_at_ms > now and _leader_id(r) is None:
+                return r
+        return None
+
+    async def _coalesce(
+        self, incident_id: str, requests: Sequence[HostRequestRecord], now: int
+    ) -> tuple[list[HostRequestRecord], list[TimelineEventRecord]]:
+        """New requests (not stored yet), each coalesced when its host was asked recently.
+
+        A host with a request of another incident in flight is not asked again:
+        the new request waits for that request's bundle.  A host whose last
+        bundle is younger than ``snapshot_min_interval_s`` is not asked either:
+        that bundle is attached at once.  Called with the lock held; returns the
+        requests to store and the timeline events saying what was coalesced.
+        """
+        if self.snapshot_min_interval_s <= 0:
+            return list(requests), []
+        out: list[HostRequestRecord] = []
+        events: list[TimelineEventRecord] = []
+        interval = f"{self.snapshot_min_interval_s:g}"
+        for req in requests:
+            leader = await self._in_flight(req.host_id, incident_id, now)
+            if leader is not None:
+                reason = _coalesced_reason(leader)
+                out.append(replace(req, reason=reason))
+                events.append(TimelineEventRecord(
+                    incident_id, now, "coalesced",
+                    f"{reason}: that snapshot is in flight, so the host is not asked again; its bundle is "
+                    "attached here too",
+                    host_id=req.host_id,
+                ))
+                continue
+            last = await self.store.list_bundles("", req.host_id, 1)
+            if last and now - last[0].received_at_ms < self.snapshot_min_interval_s * 1000:
+                bundle = last[0]
+                source = (
+                    f"request {bundle.request_id} of incident {bundle.incident_id}"
+                    if bundle.request_id and bundle.incident_id else "collected by the agent"
+                )
+                age_s = max(0, now - bundle.received_at_ms) / 1000
+                out.append(replace(req, state=RequestStates.ATTACHED, bundle_id=bundle.bundle_id, updated_at_ms=now))
+                events.append(TimelineEventRecord(
+                    incident_id, now, "coalesced",
+                    f"coalesced with bundle {bundle.bundle_id} ({source}, received {age_s:.0f} s ago): a host is "
+                    f"asked for a snapshot at most every {interval} s",
+                    host_id=req.host_id,
+                ))
+                events.append(TimelineEventRecord(
+                    incident_id, now, "bundle_attached",
+                    f"bundle {bundle.bundle_id} attached ({bundle.size_bytes} bytes)", host_id=req.host_id,
+                ))
+                continue
+            out.append(req)
+        return out, events
+
+    async def _followers_changed(
+        self, changed: Sequence[HostRequestRecord], now: int, skip: frozenset[str] = frozenset()
+    ) -> tuple[list[HostRequestRecord], list[TimelineEventRecord], list[HostRequestRecord]]:
+        """What happens to the requests coalesced with ``changed`` requests that just ended.
+
+        When one is attached, its followers get the same bundle.  When it failed
+        or expired, the oldest follower is asked for on its own (returned third:
+        deliver it once the change is queued) and the others wait for that one.
+        Followers in ``skip`` are left alone.  Returns one event per changed request.
+        """
+        out: list[HostRequestRecord] = []
+        events: list[TimelineEventRecord] = []
+        promoted: list[HostRequestRecord] = []
+        for leader in changed:
+            if leader.state not in RequestStates.FINAL or _leader_id(leader) is not None:
+                continue
+            followers = [
+                r for r in await self.store.requests_for_host(leader.host_id, [RequestStates.REQUESTED])
+                if _leader_id(r) == leader.request_id and r.request_id not in skip
+            ]
+            if not followers:
+                continue
+            if leader.state == RequestStates.ATTACHED:
+                for f in followers:
+                    out.append(replace(f, state=RequestStates.ATTACHED, bundle_id=leader.bundle_id, reason="",
+                                       updated_at_ms=now))
+                    events.append(TimelineEventRecord(
+                        f.incident_id, now, "bundle_attached",
+                        f"bundle {leader.bundle_id} attached (shared with request {leader.request_id} of incident "
+                        f"{leader.incident_id})",
+                        host_id=f.host_id,
+                    ))
+                continue
+            why = f"request {leader.request_id} of incident {leader.incident_id} {leader.state}"
+            if leader.reason:
+                why += f" ({_truncate(leader.reason, 256)})"
+            first = replace(followers[0], reason="", updated_at_ms=now)
+            out.append(first)
+            promoted.append(first)
+            events.append(TimelineEventRecord(
+                first.incident_id, now, "coalesced", f"{why}; this host is asked for a snapshot of its own",
+                host_id=first.host_id,
+            ))
+            for f in followers[1:]:
+                reason = _coalesced_reason(first)
+                out.append(replace(f, reason=reason, updated_at_ms=now))
+                events.append(TimelineEventRecord(f.incident_id, now, "coalesced", f"{why}; now {reason}",
+                                                  host_id=f.host_id))
+        return out, events, promoted
+
+    async def _deliver_promoted(self, promoted: Sequence[HostRequestRecord]) -> None:
+        """Deliver requests no longer coalesced (called with the lock held, after their change is queued)."""
+        for req in promoted:
+            inc = await self.store.get_incident(req.incident_id)
+            if inc is not None and inc.state != IncidentStates.RESOLVED:
+                await self._deliver(inc, [req])
 
     # -- delivering ---------------------------------------------------------------------
     async def _deliver(self, inc: IncidentRecord, requests: Sequence[HostRequestRecord]) -> None:
@@ -360,6 +506,8 @@ class IncidentManager:
             session = self.fleet.get(req.host_id)
             if session is None or req.state != RequestStates.REQUESTED or now >= req.expires_at_ms:
                 continue
+            if _leader_id(req) is not None:
+                continue  # waits for the request it is coalesced with
             if session.profiles and inc.profile not in session.profiles:
                 reason = (
                     f"unknown profile {inc.profile!r} (this agent defines: {', '.join(sorted(session.profiles))})"
@@ -372,8 +520,10 @@ class IncidentManager:
                 window = session.max_window_s
             session.enqueue(Command(req.request_id, inc.id, inc.profile, window))
         if failed:
-            await self.store.update_requests(failed, events)
-            self._remember(failed)
+            more, more_events, promoted = await self._followers_changed(failed, now)
+            await self.store.update_requests(failed + more, events + more_events)
+            self._remember(failed + more)
+            await self._deliver_promoted(promoted)
 
     async def on_agent_connected(self, session: AgentSession) -> None:
         """Deliver this host's waiting requests and add it to matching incidents."""
@@ -409,9 +559,10 @@ class IncidentManager:
                 event = TimelineEventRecord(
                     inc.id, now, "host_added", "agent connected and matches the selector", host_id=session.host_id
                 )
-                await self.store.add_requests([req], [event])
-                self._remember([req])
-                await self._deliver(inc, [req])
+                added, coalesced = await self._coalesce(inc.id, [req], now)
+                await self.store.add_requests(added, [event, *coalesced])
+                self._remember(added)
+                await self._deliver(inc, added)
 
     async def add_hosts(
         self, incident_id: str, host_ids: Sequence[str], message: str, actor: str = ""
@@ -442,6 +593,8 @@ class IncidentManager:
                 for h in added
             ]
             events = [TimelineEventRecord(inc.id, now, "host_added", message, host_id=h, actor=actor) for h in added]
+            requests, coalesced = await self._coalesce(inc.id, requests, now)
+            events += coalesced
             named = inc.selector_host_ids + tuple(h for h in added if h not in inc.selector_host_ids)
             inc = replace(inc, selector_host_ids=named)
             await self.store.update_incident(inc, [])
@@ -491,9 +644,11 @@ class IncidentManager:
                 why = _truncate(reason or "refused by the agent", MAX_REASON_CHARS)
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", f"agent refused: {why}", host_id=host_id)
-            committed = await _queued(self.store.update_requests([new], [event]))
-            self._remember([new])
-        await self._committed(committed, [new])
+            more, more_events, promoted = await self._followers_changed([new], now)
+            committed = await _queued(self.store.update_requests([new, *more], [event, *more_events]))
+            self._remember([new, *more])
+            await self._deliver_promoted(promoted)
+        await self._committed(committed, [new, *more])
 
     async def on_progress(self, host_id: str, request_id: str, stage: str, bundle_id: str, detail: str) -> None:
         async with self._lock:
@@ -546,9 +701,11 @@ class IncidentManager:
                 why = _truncate(error or "the agent reported a failure", MAX_REASON_CHARS)
                 new = replace(req, state=RequestStates.FAILED, reason=why, updated_at_ms=now)
                 event = TimelineEventRecord(req.incident_id, now, "failed", why, host_id=host_id)
-            committed = await _queued(self.store.update_requests([new], [event]))
-            self._remember([new])
-        await self._committed(committed, [new])
+            more, more_events, promoted = await self._followers_changed([new], now)
+            committed = await _queued(self.store.update_requests([new, *more], [event, *more_events]))
+            self._remember([new, *more])
+            await self._deliver_promoted(promoted)
+        await self._committed(committed, [new, *more])
 
     # -- bundles ------------------------------------------------------------------------
     async def publish_bundle(self, bundle: BundleRecord) -> bool:
@@ -576,6 +733,9 @@ class IncidentManager:
                         f"bundle {bundle.bundle_id} attached ({bundle.size_bytes} bytes)", host_id=bundle.host_id,
                     )
                 )
+            more, more_events, _ = await self._followers_changed(requests, now)
+            requests += more
+            events += more_events
             committed = await _queued(self.store.publish_bundle(bundle, requests, events))
             self._remember(requests)
         inserted = await self._committed(committed, requests)
@@ -603,8 +763,11 @@ class IncidentManager:
                 TimelineEventRecord(r.incident_id, now, "expired", f"no bundle within {ttl} s", host_id=r.host_id)
                 for r in due
             ]
-            await self.store.update_requests(changed, events)
-            self._remember(changed)
+            due_ids = frozenset(r.request_id for r in due)
+            more, more_events, promoted = await self._followers_changed(changed, now, skip=due_ids)
+            await self.store.update_requests(changed + more, events + more_events)
+            self._remember(changed + more)
+            await self._deliver_promoted(promoted)
             for r in due:
                 self._last_stage.pop(r.request_id, None)
             return len(due)

@@ -105,7 +105,8 @@ class Collector:
         self.notifier: WebhookNotifier | None = None
         self._define_metrics()
         self.incidents = IncidentManager(
-            self.store, self.fleet, request_ttl_s=c.request_ttl_s, default_window_s=c.default_window_s, clock=clock
+            self.store, self.fleet, request_ttl_s=c.request_ttl_s, default_window_s=c.default_window_s, clock=clock,
+            snapshot_min_interval_s=c.snapshot_min_interval_s,
         )
         # Severity signals: the shipped rules plus the operator's file (already checked with the config).
         self.signals = SignalEngine(
