@@ -71,6 +71,8 @@ def parse_size(value: int | str) -> int:
         raise ValueError("expected a size in bytes, got a boolean")
     if isinstance(value, int):
         return value
+    if not isinstance(value, str):  # a float, an array, a table, a date: TOML allows them all here
+        raise ValueError(f"expected a size such as 1048576 or \"64 MiB\", got {type(value).__name__} {value!r:.40}")
     m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"expected a size such as 1048576 or \"64 MiB\", got {value!r}")
