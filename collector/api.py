@@ -6,8 +6,9 @@ INVALID_ARGUMENT naming the field, NOT_FOUND for an unknown id,
 FAILED_PRECONDITION for a change a resolved incident no longer allows,
 OUT_OF_RANGE for a download offset past the end.
 
-Who made a change (``actor`` in the timeline) comes from the optional
-``hostdiag-actor`` request metadata until API tokens exist.
+Who made a change (``actor`` in the timeline) is the API token's name
+(:func:`hostdiag.collector.auth.current_identity`); with ``auth = "none"``
+it is the optional, unverified ``hostdiag-actor`` request metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from hostdiag.collector.auth import current_identity
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.fleet import Fleet
 from hostdiag.collector.incidents import IncidentManager, IncidentView
@@ -131,6 +133,9 @@ def bundle_to_proto(b: BundleRecord) -> bundle_pb2.Bundle:
 
 
 def _actor(context: Any) -> str:
+    identity = current_identity()
+    if identity is not None:
+        return identity.name
     for key, value in context.invocation_metadata() or ():
         if key == ACTOR_METADATA and isinstance(value, str):
             return value[:128]

@@ -215,6 +215,12 @@ class CollectorSection:
         metadata={"size": True, "min": 4 * KiB, "max": 64 * MiB,
                   "doc": "evidence.json kept per bundle for the signal rules (largest keys dropped beyond)"},
     )
+    # API authentication (docs/security.md).
+    auth: str = field(
+        default="tokens",
+        metadata={"choices": ("tokens", "none"),
+                  "doc": "tokens: every API call needs a bearer token; none: no checks (loopback and insecure only)"},
+    )
 
     def validate(self) -> None:
         for key in ("listen", "http_listen"):
@@ -258,6 +264,14 @@ class CollectorSection:
                 load_rules(self.signal_rules_file)
             except ConfigError as exc:
                 raise ValueError(("signal_rules_file", str(exc))) from None
+        if self.auth == "none":
+            # Only for development and tests: nobody but this machine can reach an unchecked API.
+            if not self.insecure:
+                raise ValueError(("auth", 'auth = "none" is allowed only with insecure = true on loopback addresses'))
+            for key in ("listen", "http_listen", "api_listen"):
+                value = getattr(self, key, "")
+                if value and not is_loopback_host(split_host_port(value)[0]):
+                    raise ValueError(("auth", f'auth = "none" is allowed only on loopback addresses, but {key} is {value!r}'))
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,15 @@ It talks to a collector's gRPC API (``IncidentService``, ``BundleService``,
     collectorctl bundle show ID
     collectorctl bundle download ID [-o PATH] [--force]
     collectorctl agents list [--all]
+    collectorctl token create --role viewer|responder|admin|alertmanager --name NAME
+    collectorctl token list [--all]
+    collectorctl token revoke NAME_OR_ID
+    collectorctl audit [--since DURATION_OR_TIME] [--limit N]
 
 Every command takes ``--collector HOST:PORT`` (default ``$HOSTDIAG_COLLECTOR``,
-else ``127.0.0.1:7443``), ``--timeout SECONDS`` (how long to wait for the
+else ``127.0.0.1:7443``), the API token (``--token TOKEN``, ``--token-file
+PATH``, else ``$HOSTDIAG_TOKEN``; sent as ``authorization: Bearer``, never
+printed), ``--timeout SECONDS`` (how long to wait for the
 connection) and ``--json`` (one JSON object, or one array for the list
 commands, on stdout).  Human output is aligned tables and short lines; strings
 that came from the collector (and so, in part, from agents) are printed with
@@ -26,8 +32,8 @@ collector refused the change, or a download did not verify; 2 a bad argument
 (ours or, for INVALID_ARGUMENT, the collector's judgement).
 
 Everything that touches the wire lives in :class:`CollectorClient`: the
-channel (options, and one day TLS credentials), the call metadata (the actor
-now, a bearer token next), deadlines, and turning gRPC statuses into
+channel (options, and one day TLS credentials), the call metadata (the bearer token, and
+the local user as actor), deadlines, and turning gRPC statuses into
 :class:`CtlError`.  Commands only see protobuf messages and ``CtlError``.
 """
 
@@ -54,6 +60,7 @@ import hostdiag
 from hostdiag.agent.bundle import bundle_file_name, verify_bundle
 from hostdiag.collector.config import split_host_port
 from hostdiag.collector.runbook import breach_is_open
+from hostdiag.v1 import admin_pb2, admin_pb2_grpc
 from hostdiag.v1 import bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc, incident_pb2, incident_pb2_grpc
 
 __all__ = [
@@ -76,6 +83,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 DEFAULT_COLLECTOR = "127.0.0.1:7443"
 ENV_COLLECTOR = "HOSTDIAG_COLLECTOR"
+ENV_TOKEN = "HOSTDIAG_TOKEN"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 # Deadline of one unary call once connected (listing 1000 incidents with their
 # timelines on a busy collector still fits).
@@ -155,8 +163,10 @@ class CollectorClient:
     """A blocking client of one collector.  Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S, actor: str | None = None) -> None:
+                 call_timeout_s: float = CALL_TIMEOUT_S, actor: str | None = None,
+                 token: str = "") -> None:
         self.address = address
+        self._token = token
         self.connect_timeout_s = connect_timeout_s
         self.call_timeout_s = max(call_timeout_s, connect_timeout_s)
         self.actor = _default_actor() if actor is None else actor
@@ -171,8 +181,14 @@ class CollectorClient:
         return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
 
     def metadata(self) -> list[tuple[str, str]]:
-        """Metadata sent with every call (an API token will be added here)."""
-        return [(ACTOR_METADATA, self.actor)] if self.actor else []
+        """Metadata sent with every call: the API token, and the local user name."""
+        metadata = [("authorization", f"Bearer {self._token}")] if self._token else []
+        if self.actor:
+            metadata.append((ACTOR_METADATA, self.actor))
+        return metadata
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"CollectorClient({self.address!r})"
 
     # -- connection
 
@@ -239,7 +255,9 @@ class CollectorClient:
             return CtlError(details)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return CtlError(f"too much at once: {details} (a smaller --limit may help)")
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return CtlError(f"the collector refused: {details} (give --token, --token-file or ${ENV_TOKEN})")
+        if code == grpc.StatusCode.PERMISSION_DENIED:
             return CtlError(f"the collector refused: {details}")
         name = code.name if code is not None else "UNKNOWN"
         return CtlError(f"the collector answered {name}: {details}", retryable=retryable)
@@ -328,6 +346,29 @@ class CollectorClient:
         stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
         request = fleet_pb2.ListAgentsRequest(include_disconnected=include_disconnected)
         return list(self._unary(stub.ListAgents, request).agents)
+
+    # -- AdminService
+
+    @property
+    def _admin(self) -> admin_pb2_grpc.AdminServiceStub:
+        return admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    def create_token(self, name: str, role: int) -> tuple[admin_pb2.ApiToken, str]:
+        request = admin_pb2.CreateTokenRequest(name=name, role=role)  # type: ignore[arg-type]
+        response = self._unary(self._admin.CreateToken, request)
+        return response.token, response.secret
+
+    def list_tokens(self, include_revoked: bool = False) -> list[admin_pb2.ApiToken]:
+        request = admin_pb2.ListTokensRequest(include_revoked=include_revoked)
+        return list(self._unary(self._admin.ListTokens, request).tokens)
+
+    def revoke_token(self, name_or_id: str) -> admin_pb2.ApiToken:
+        request = admin_pb2.RevokeTokenRequest(name_or_id=name_or_id)
+        return self._unary(self._admin.RevokeToken, request, not_found=f"no valid token {name_or_id}").token
+
+    def list_audit_events(self, since_unix_ms: int = 0, limit: int = 0) -> list[admin_pb2.AuditEvent]:
+        request = admin_pb2.ListAuditEventsRequest(since_unix_ms=since_unix_ms, limit=limit)
+        return list(self._unary(self._admin.ListAuditEvents, request).events)
 
 
 def _default_actor() -> str:
@@ -1000,6 +1041,10 @@ class _Client(Protocol):
     def get_bundle(self, bundle_id: str) -> tuple[bundle_pb2.Bundle, str]: ...
     def download(self, bundle_id: str, offset: int) -> Iterator[tuple[int, bytes]]: ...
     def list_agents(self, include_disconnected: bool = ...) -> list[fleet_pb2.AgentInfo]: ...
+    def create_token(self, name: str, role: int) -> tuple[admin_pb2.ApiToken, str]: ...
+    def list_tokens(self, include_revoked: bool = ...) -> list[admin_pb2.ApiToken]: ...
+    def revoke_token(self, name_or_id: str) -> admin_pb2.ApiToken: ...
+    def list_audit_events(self, since_unix_ms: int = ..., limit: int = ...) -> list[admin_pb2.AuditEvent]: ...
     def close(self) -> None: ...
 
 
@@ -1184,6 +1229,121 @@ def cmd_agents_list(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
+_ROLE_VALUE: dict[str, int] = {
+    "viewer": admin_pb2.TOKEN_ROLE_VIEWER,
+    "responder": admin_pb2.TOKEN_ROLE_RESPONDER,
+    "admin": admin_pb2.TOKEN_ROLE_ADMIN,
+    "alertmanager": admin_pb2.TOKEN_ROLE_ALERTMANAGER,
+}
+_ROLE_NAME: dict[int, str] = {v: k for k, v in _ROLE_VALUE.items()}
+_OUTCOME_NAME: dict[int, str] = {
+    admin_pb2.AUDIT_OUTCOME_OK: "ok",
+    admin_pb2.AUDIT_OUTCOME_ERROR: "error",
+    admin_pb2.AUDIT_OUTCOME_DENIED: "denied",
+}
+
+
+def _iso_or_none(unix_ms: int) -> str | None:
+    return format_time(unix_ms) if unix_ms else None
+
+
+def token_to_dict(t: admin_pb2.ApiToken) -> dict[str, Any]:
+    return {
+        "id": t.id, "name": t.name, "role": _ROLE_NAME.get(t.role, "unknown"),
+        "created_at": format_time(t.created_at_unix_ms), "revoked_at": _iso_or_none(t.revoked_at_unix_ms),
+        "last_used_at": _iso_or_none(t.last_used_at_unix_ms),
+    }
+
+
+def audit_to_dict(e: admin_pb2.AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": e.seq, "at": format_time(e.at_unix_ms), "token_id": e.token_id, "token_name": e.token_name,
+        "role": _ROLE_NAME.get(e.role, ""), "action": e.action, "target": e.target, "peer": e.peer,
+        "outcome": _OUTCOME_NAME.get(e.outcome, "unknown"), "detail": e.detail,
+    }
+
+
+def cmd_token_create(args: argparse.Namespace, ctx: Context) -> int:
+    token, secret = ctx.client.create_token(args.name, _ROLE_VALUE[args.role])
+    if ctx.json:
+        ctx.emit({**token_to_dict(token), "secret": secret})
+    else:
+        ctx.say(secret)
+        if ctx.interactive:
+            print(f"{_ROLE_NAME.get(token.role, '?')} token {clean(token.name)!r} (id {token.id}) created; "
+                  "the line above is its secret, shown only this once", file=ctx.err)
+    return EXIT_OK
+
+
+def cmd_token_list(args: argparse.Namespace, ctx: Context) -> int:
+    tokens = ctx.client.list_tokens(include_revoked=args.all)
+    if ctx.json:
+        ctx.emit([token_to_dict(t) for t in tokens])
+        return EXIT_OK
+    rows = [
+        (t.id, clean(t.name), _ROLE_NAME.get(t.role, "?"), format_time(t.created_at_unix_ms),
+         format_time(t.last_used_at_unix_ms) if t.last_used_at_unix_ms else "never",
+         format_time(t.revoked_at_unix_ms) if t.revoked_at_unix_ms else "-")
+        for t in tokens
+    ]
+    ctx.say(format_table(("ID", "NAME", "ROLE", "CREATED", "LAST USED", "REVOKED"), rows) if rows else "no tokens")
+    return EXIT_OK
+
+
+def cmd_token_revoke(args: argparse.Namespace, ctx: Context) -> int:
+    token = ctx.client.revoke_token(args.name_or_id)
+    if ctx.json:
+        ctx.emit(token_to_dict(token))
+    else:
+        ctx.say(f"token {clean(token.name)!r} (id {token.id}) revoked at {format_time(token.revoked_at_unix_ms)}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, ctx: Context) -> int:
+    since_ms = parse_since(args.since, ctx.clock()) if args.since else 0
+    events = ctx.client.list_audit_events(since_ms, args.limit or 0)
+    if ctx.json:
+        ctx.emit([audit_to_dict(e) for e in events])
+        return EXIT_OK
+    rows = [
+        (format_time(e.at_unix_ms),
+         f"{clean(e.token_name)} ({_ROLE_NAME.get(e.role, '?')})" if e.token_name else "-",
+         clean(e.action), clean(e.target) or "-", clean(e.peer) or "-", _OUTCOME_NAME.get(e.outcome, "?"),
+         clean(_one_line(e.detail)))
+        for e in events
+    ]
+    ctx.say(format_table(("TIME", "WHO", "ACTION", "TARGET", "PEER", "OUTCOME", "DETAIL"), rows)
+            if rows else "no audit entries")
+    return EXIT_OK
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now_s: float) -> int:
+    """``30m``, ``2h``, ``7d`` (before now) or an ISO 8601 time → Unix ms; ``ValueError`` otherwise."""
+    text = text.strip()
+    match = _DURATION.fullmatch(text)
+    if match:
+        return int((now_s - float(match.group(1)) * _UNIT_S[match.group(2)]) * 1000)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected a duration (30m, 2h, 7d) or an ISO 8601 time, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def since_arg(text: str) -> str:
+    try:
+        parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 # --------------------------------------------------------------------------
 # Arguments
 
@@ -1255,6 +1415,10 @@ def _common() -> _Parser:
     p = _Parser(add_help=False)
     p.add_argument("--collector", metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help=f"collector gRPC address (default: ${ENV_COLLECTOR}, else {DEFAULT_COLLECTOR})")
+    p.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS,
+                   help=f"API token (default: ${ENV_TOKEN}); --token-file keeps it out of the process list")
+    p.add_argument("--token-file", metavar="PATH", default=argparse.SUPPRESS,
+                   help="read the API token from this file")
     p.add_argument("--timeout", metavar="SECONDS", type=positive_float, default=argparse.SUPPRESS,
                    help=f"how long to wait for the connection (default {DEFAULT_CONNECT_TIMEOUT_S:g})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -1267,7 +1431,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="collectorctl", parents=[common],
                      description="hostdiag: run incidents, download bundles, see the fleet")
     parser.add_argument("--version", action="version", version=f"collectorctl {hostdiag.__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{incident,bundle,agents}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{incident,bundle,agents,token,audit}")
 
     incident = groups.add_parser("incident", help="open, follow and close incidents")
     isub = incident.add_subparsers(dest="command", required=True)
@@ -1347,6 +1511,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = asub.add_parser("list", parents=[common], help="connected agents (--all: also those seen before)")
     p.add_argument("--all", action="store_true", help="include agents not connected now")
     p.set_defaults(func=cmd_agents_list)
+
+    token = groups.add_parser("token", help="API tokens (admin role)")
+    tsub = token.add_subparsers(dest="command", required=True)
+    p = tsub.add_parser("create", parents=[common], help="make a token; its secret is printed once",
+                        description="Make an API token. Its secret is printed once on stdout and cannot be shown "
+                                    "again; the collector keeps only its hash.")
+    p.add_argument("--role", required=True, choices=tuple(_ROLE_VALUE), help="what the token may do")
+    p.add_argument("--name", required=True, type=nonempty, help="who or what holds it (unique among valid tokens)")
+    p.set_defaults(func=cmd_token_create)
+    p = tsub.add_parser("list", parents=[common], help="tokens (never their secrets)")
+    p.add_argument("--all", action="store_true", help="include revoked tokens")
+    p.set_defaults(func=cmd_token_list)
+    p = tsub.add_parser("revoke", parents=[common], help="revoke a token at once")
+    p.add_argument("name_or_id", type=nonempty, metavar="NAME_OR_ID")
+    p.set_defaults(func=cmd_token_revoke)
+
+    p = groups.add_parser("audit", parents=[common], help="the audit log (admin role)",
+                          description="Who did what, when, from where: every call to the collector's API, "
+                                      "allowed or denied, oldest first.")
+    p.add_argument("--since", type=since_arg, metavar="DURATION_OR_TIME",
+                   help="only entries from this long ago (30m, 2h, 7d) or since this ISO 8601 time")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="at most the N newest entries (default 100)")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -1355,6 +1542,7 @@ class Options:
     collector: str
     timeout_s: float
     json: bool
+    token: str = field(default="", repr=False)
 
 
 def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> Options:
@@ -1373,7 +1561,25 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> Options
     if port == 0:
         raise _UsageError(args.parser, f"{origin}: port 0 is not an address to connect to")
     return Options(collector=address, timeout_s=getattr(args, "timeout", DEFAULT_CONNECT_TIMEOUT_S),
-                   json=bool(getattr(args, "json", False)))
+                   json=bool(getattr(args, "json", False)), token=_token(args, env))
+
+
+def _token(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """The API token: --token, else --token-file, else $HOSTDIAG_TOKEN; "" when none is given."""
+    if getattr(args, "token", None):
+        return str(args.token).strip()
+    path = getattr(args, "token_file", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not readable text"
+            raise _UsageError(args.parser, f"argument --token-file: cannot read {path}: {reason}") from None
+        if not text:
+            raise _UsageError(args.parser, f"argument --token-file: {path} is empty")
+        return text
+    return env.get(ENV_TOKEN, "").strip()
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -1422,7 +1628,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     def make_client() -> _Client:
         if client_factory is not None:
             return client_factory(options)
-        return CollectorClient(options.collector, connect_timeout_s=options.timeout_s)
+        return CollectorClient(options.collector, connect_timeout_s=options.timeout_s,
+                               token=options.token)
 
     ctx = Context(out=out, err=err, json=options.json, make_client=make_client, clock=clock)
     try:

@@ -11,6 +11,11 @@ and resume after a restart.
 
 Exit status: 0 after a clean stop, 2 for a configuration error, 1 when it
 cannot start (address in use, data directory not writable, newer schema).
+
+``hostdiag-collector token create --config PATH --role ROLE --name NAME`` is
+the offline way to the first admin token: run on the collector's host, it
+writes a token straight into the data directory's database (the collector may
+be running) and prints the secret once on stdout.
 """
 
 from __future__ import annotations
@@ -73,7 +78,55 @@ async def _amain(config: CollectorConfig, ready_file: str | None) -> int:
     return 0
 
 
+def token_main(argv: list[str]) -> int:
+    """``hostdiag-collector token create``: make an API token offline, print its secret once."""
+    from hostdiag.collector.admin_api import create_token
+    from hostdiag.collector.auth import ROLES
+    from hostdiag.collector.store.sqlite import SqliteMetadataStore
+
+    parser = argparse.ArgumentParser(
+        prog="hostdiag-collector token",
+        description="Make an API token in the collector's database (run on the collector's host).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("create", help="make a token; its secret is printed once on stdout")
+    p.add_argument("--config", metavar="PATH", help="the collector's TOML config (for data_dir)")
+    p.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    p.add_argument("--name", required=True, help="who or what holds it (unique among valid tokens)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"hostdiag-collector: {exc}", file=sys.stderr)
+        return 2
+
+    async def make() -> tuple[str, str]:
+        store = SqliteMetadataStore(os.path.join(config.data_dir, "collector.db"))
+        await store.open()
+        try:
+            record, secret = await create_token(store, args.name, args.role, audit_action="hostdiag-collector token create")
+        finally:
+            await store.close()
+        return record.token_id, secret
+
+    try:
+        token_id, secret = asyncio.run(make())
+    except ValueError as exc:
+        print(f"hostdiag-collector: token not created: {exc}", file=sys.stderr)
+        return 2
+    except (SchemaError, OSError) as exc:
+        print(f"hostdiag-collector: token not created: {exc}", file=sys.stderr)
+        return 1
+    print(secret, flush=True)
+    print(f"hostdiag-collector: {args.role} token {args.name!r} (id {token_id}) created; "
+          "the line above is its secret, shown only this once", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     parser = argparse.ArgumentParser(prog="hostdiag-collector", description="hostdiag central collector")
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in defaults)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")

@@ -5,6 +5,7 @@ Endpoints::
     GET /healthz                    200 "ok", 503 "shutting down"
     GET /metrics                    Prometheus text format 0.0.4
     GET|HEAD /api/v1/bundles/<id>   the bundle file; Range: bytes=a-b | a- | -n
+                                    (``authorize_bundle`` checks the API token first)
     POST <body route>               e.g. /api/v1/alertmanager (:class:`BodyRoute`)
 
 Strictness: only GET and HEAD (405 with ``Allow``), HTTP/1.0 and 1.1 (505),
@@ -54,7 +55,7 @@ _TARGET = re.compile(r"/[\x21-\x7e]*")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _REASONS = {
     200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
     413: "Content Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
     422: "Unprocessable Content",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
@@ -110,6 +111,8 @@ class Request:
     path: str
     version: str
     headers: dict[str, str] = field(default_factory=dict)
+    # The client's address ("127.0.0.1:5123"), for the audit log.
+    peer: str = ""
 
     @property
     def content_length(self) -> int:
@@ -186,14 +189,14 @@ class BodyRoute:
     """A ``POST`` endpoint that reads a request body.
 
     ``handler(request, body)`` returns (status, headers, body).  ``authorize``,
-    when set, sees the request head before the body is read and returns a
-    problem (answered 401) or None: API tokens plug in here.
+    when set, sees the request head before the body is read and refuses by
+    raising :class:`HttpError` (401 or 403): API tokens plug in here.
     """
 
     handler: Callable[[Request, bytes], Awaitable[tuple[int, dict[str, str], bytes]]]
     max_body_bytes: int
     content_types: tuple[str, ...] = ("application/json",)
-    authorize: Callable[[Request], str | None] | None = None
+    authorize: Callable[[Request], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -221,8 +224,11 @@ class HttpServer:
         timeout_s: float = 30.0,
         max_connections: int = 256,
         body_routes: Mapping[str, BodyRoute] | None = None,
+        authorize_bundle: Callable[[Request, str], Awaitable[None]] | None = None,
     ) -> None:
         self.body_routes = dict(body_routes or {})
+        # Sees every bundle request (and the bundle id) first; refuses by raising HttpError.
+        self.authorize_bundle = authorize_bundle
         self.store = store
         self.blobs = blobs
         self.render_metrics = render_metrics
@@ -291,6 +297,9 @@ class HttpServer:
             except HttpError as exc:
                 await self._send(writer, self._error(exc.status, exc.reason, exc.headers), head_only=False, close=True)
                 return
+            peer = writer.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                request.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
             body_read = True
             try:
                 route = self.body_routes.get(request.path)
@@ -325,9 +334,10 @@ class HttpServer:
         if request.method != "POST":
             return self._error(405, f"method {request.method} not allowed", {"Allow": "POST"}), no_body
         if route.authorize is not None:
-            problem = route.authorize(request)
-            if problem:
-                return self._error(401, problem, {"WWW-Authenticate": 'Bearer realm="hostdiag"'}), no_body
+            try:
+                await route.authorize(request)
+            except HttpError as exc:
+                return self._error(exc.status, exc.reason, exc.headers), no_body
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media not in route.content_types:
             return self._error(415, f"Content-Type must be {' or '.join(route.content_types)}"), no_body
@@ -356,6 +366,8 @@ class HttpServer:
         return await self._bundle(request, path[len("/api/v1/bundles/"):])
 
     async def _bundle(self, request: Request, bundle_id: str) -> _Response:
+        if self.authorize_bundle is not None:
+            await self.authorize_bundle(request, bundle_id)
         if not is_bundle_id(bundle_id):
             raise HttpError(404, "not a bundle id (a UUID in lowercase canonical form)")
         bundle = await self.store.get_bundle(bundle_id)

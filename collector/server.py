@@ -38,13 +38,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hostdiag.collector.admin_api import AdminServicer
 from hostdiag.collector.agent_service import AgentServicer
 from hostdiag.collector.alertmanager import PATH as ALERTMANAGER_PATH
 from hostdiag.collector.alertmanager import AlertMapping, AlertmanagerReceiver
 from hostdiag.collector.api import BundleServicer, FleetServicer, IncidentServicer
+from hostdiag.collector.auth import AuthInterceptor, Authenticator
 from hostdiag.collector.config import CollectorConfig, split_host_port
 from hostdiag.collector.fleet import Fleet
-from hostdiag.collector.http import BodyRoute, HttpServer
+from hostdiag.collector.http import BodyRoute, HttpServer, Request
 from hostdiag.collector.incidents import IncidentManager
 from hostdiag.collector.ingest import Ingest, IngestCounters, IngestLimits
 from hostdiag.collector.metrics import Registry
@@ -55,6 +57,7 @@ from hostdiag.collector.store.base import IncidentStates, RequestStates
 from hostdiag.collector.store.blobs import FileBlobStore, StagingArea
 from hostdiag.collector.store.sqlite import SqliteMetadataStore
 from hostdiag.collector.webhook import WebhookNotifier
+from hostdiag.v1 import admin_pb2, admin_pb2_grpc
 from hostdiag.v1 import agent_pb2, agent_pb2_grpc, bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from hostdiag.v1 import incident_pb2, incident_pb2_grpc
 
@@ -75,6 +78,7 @@ SERVICE_NAMES = (
     incident_pb2.DESCRIPTOR.services_by_name["IncidentService"].full_name,
     bundle_pb2.DESCRIPTOR.services_by_name["BundleService"].full_name,
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
 
@@ -130,10 +134,14 @@ class Collector:
         self.alertmanager = AlertmanagerReceiver(
             self.incidents, self.store, AlertMapping.from_config(c), results=self._alertmanager_results
         )
+        # API tokens (collector/auth.py); None with auth = "none", where nothing is checked.
+        self.auth = Authenticator(self.store, clock=clock) if c.auth == "tokens" else None
         body_routes: dict[str, BodyRoute] = {}
         if c.alertmanager_enabled:
-            # Loopback only for now (http_listen); API tokens will be checked in BodyRoute.authorize.
-            body_routes[ALERTMANAGER_PATH] = BodyRoute(self.alertmanager.handle_http, c.alertmanager_max_body_bytes)
+            body_routes[ALERTMANAGER_PATH] = BodyRoute(
+                self.alertmanager.handle_http, c.alertmanager_max_body_bytes,
+                authorize=self._authorize_alertmanager if self.auth is not None else None,
+            )
         self.ingest = Ingest(
             self.store,
             self.blobs,
@@ -177,12 +185,22 @@ class Collector:
             timeout_s=c.http_timeout_s,
             max_connections=c.http_max_connections,
             body_routes=body_routes,
+            authorize_bundle=self._authorize_bundle if self.auth is not None else None,
         )
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
         self.http_port = 0
         self.stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- API tokens on HTTP ---------------------------------------------------------------
+    async def _authorize_alertmanager(self, request: Request) -> None:
+        assert self.auth is not None
+        await self.auth.admit_http(request, f"POST {ALERTMANAGER_PATH}")
+
+    async def _authorize_bundle(self, request: Request, bundle_id: str) -> None:
+        assert self.auth is not None
+        await self.auth.admit_http(request, f"{request.method} /api/v1/bundles", target=bundle_id)
 
     # -- metrics --------------------------------------------------------------------------
     def _define_metrics(self) -> None:
@@ -242,11 +260,19 @@ class Collector:
         await self.store.open()
         await self.ingest.recover()
         await self.signals.schedule_unresolved()
-        server = grpc.aio.server(options=grpc_server_options(self.config))
+        if self.auth is None:
+            log.warning(
+                'API AUTHENTICATION IS OFF (auth = "none"): anyone who can reach this collector may read '
+                "every bundle and open, change or resolve incidents; use it only for development and tests",
+                extra={"event": "auth_disabled"},
+            )
+        interceptors = [AuthInterceptor(self.auth)] if self.auth is not None else []
+        server = grpc.aio.server(options=grpc_server_options(self.config), interceptors=interceptors)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, server)
         incident_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(self.incidents), server)
         bundle_pb2_grpc.add_BundleServiceServicer_to_server(BundleServicer(self.store, self.blobs), server)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(self.fleet, self.store), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

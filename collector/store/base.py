@@ -35,6 +35,8 @@ __all__ = [
     "EvidenceRecord",
     "EscalationRecord",
     "AlertRecord",
+    "TokenRecord",
+    "AuditRecord",
     "MetadataStore",
     "BlobStore",
     "IncidentStates",
@@ -203,6 +205,44 @@ class AlertRecord:
     last_seen_ms: int
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token: only the sha256 of its secret is kept (see :mod:`hostdiag.collector.auth`).
+
+    ``token_id`` is a short prefix of that hash, used to name the token in
+    listings and the audit log; it does not reveal the secret.
+    """
+
+    token_id: str
+    name: str
+    role: str
+    token_sha256: str
+    created_at_ms: int
+    revoked_at_ms: int = 0
+    last_used_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One entry of the append-only audit log: who did what, to which object, from where.
+
+    ``outcome`` is ``ok`` (the call was allowed and answered), ``error`` (allowed,
+    but it failed; ``detail`` says how) or ``denied`` (no valid token, or too
+    small a role).  ``seq`` is assigned by the store.
+    """
+
+    at_ms: int
+    action: str
+    outcome: str
+    token_id: str = ""
+    token_name: str = ""
+    role: str = ""
+    target: str = ""
+    peer: str = ""
+    detail: str = ""
+    seq: int = 0
+
+
 @runtime_checkable
 class MetadataStore(Protocol):
     async def open(self) -> None: ...
@@ -331,6 +371,29 @@ class MetadataStore(Protocol):
         events: Sequence[TimelineEventRecord],
     ) -> None:
         """Replace the incident's suggestion and append events — one transaction."""
+        ...
+
+    # API tokens and the audit log
+    async def create_token(self, token: TokenRecord, audit: Sequence[AuditRecord] = ()) -> None:
+        """Insert a token; ``ValueError`` when an unrevoked token has its name."""
+        ...
+
+    async def token_by_sha256(self, token_sha256: str) -> TokenRecord | None: ...
+
+    async def list_tokens(self, include_revoked: bool) -> list[TokenRecord]: ...
+
+    async def revoke_token(
+        self, name_or_id: str, at_ms: int, audit: Sequence[AuditRecord] = ()
+    ) -> TokenRecord | None:
+        """Revoke the unrevoked token with this name or id; None when there is none."""
+        ...
+
+    async def add_audit(self, events: Sequence[AuditRecord], used_token_id: str = "", used_at_ms: int = 0) -> None:
+        """Append audit entries (and note when the token was last used) — one transaction."""
+        ...
+
+    async def list_audit(self, since_ms: int, limit: int) -> list[AuditRecord]:
+        """The newest ``limit`` entries at or after ``since_ms``, oldest first."""
         ...
 
 

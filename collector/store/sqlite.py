@@ -50,12 +50,14 @@ import orjson
 from hostdiag.collector.store.base import (
     AgentRecord,
     AlertRecord,
+    AuditRecord,
     BundleRecord,
     EscalationRecord,
     EvidenceRecord,
     HostRequestRecord,
     IncidentRecord,
     TimelineEventRecord,
+    TokenRecord,
     UploadRecord,
 )
 
@@ -253,6 +255,40 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # API tokens (only the sha256 of each secret) and the append-only audit log:
+        # triggers refuse any UPDATE or DELETE of an audit row.
+        """
+        CREATE TABLE api_tokens (
+            token_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            created_at_ms INTEGER NOT NULL,
+            revoked_at_ms INTEGER NOT NULL DEFAULT 0,
+            last_used_at_ms INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked_at_ms = 0;
+        CREATE TABLE audit_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_ms INTEGER NOT NULL,
+            token_id TEXT NOT NULL,
+            token_name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX audit_events_at ON audit_events (at_ms);
+        CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        """,
+    ),
 ]
 
 
@@ -318,6 +354,33 @@ def _alert(row: sqlite3.Row) -> AlertRecord:
         status=row["status"],
         first_seen_ms=row["first_seen_ms"],
         last_seen_ms=row["last_seen_ms"],
+    )
+
+
+def _token(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        token_id=row["token_id"],
+        name=row["name"],
+        role=row["role"],
+        token_sha256=row["token_sha256"],
+        created_at_ms=row["created_at_ms"],
+        revoked_at_ms=row["revoked_at_ms"],
+        last_used_at_ms=row["last_used_at_ms"],
+    )
+
+
+def _audit(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        at_ms=row["at_ms"],
+        token_id=row["token_id"],
+        token_name=row["token_name"],
+        role=row["role"],
+        action=row["action"],
+        target=row["target"],
+        peer=row["peer"],
+        outcome=row["outcome"],
+        detail=row["detail"],
     )
 
 
@@ -532,9 +595,14 @@ class SqliteMetadataStore:
                 continue
 
             def apply(c: sqlite3.Connection, version: int = version, script: str = script) -> None:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        c.execute(statement)
+                # Split at each ";" that ends a whole statement (a trigger body holds several).
+                pending = ""
+                for piece in script.split(";"):
+                    pending += piece + ";"
+                    if sqlite3.complete_statement(pending):
+                        if pending.strip(" \n;"):
+                            c.execute(pending)
+                        pending = ""
                 c.execute(
                     "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)",
                     (version, int(time.time() * 1000)),
@@ -1059,3 +1127,86 @@ class SqliteMetadataStore:
         events: Sequence[TimelineEventRecord],
     ) -> None:
         await self._run(self._put_suggestion, incident_id, severity, evaluated_at_ms, suggestion_json, list(events))
+
+    # -- API tokens and the audit log ---------------------------------------------------------
+    @staticmethod
+    def _insert_audit(c: sqlite3.Connection, events: Sequence[AuditRecord]) -> None:
+        c.executemany(
+            """INSERT INTO audit_events (at_ms, token_id, token_name, role, action, target, peer, outcome, detail)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [(e.at_ms, e.token_id, e.token_name, e.role, e.action, e.target, e.peer, e.outcome, e.detail)
+             for e in events],
+        )
+
+    def _create_token(self, t: TokenRecord, audit: Sequence[AuditRecord]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    """INSERT INTO api_tokens (token_id, name, role, token_sha256, created_at_ms, revoked_at_ms,
+                           last_used_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (t.token_id, t.name, t.role, t.token_sha256, t.created_at_ms, t.revoked_at_ms, t.last_used_at_ms),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a token named {t.name!r} exists already (revoke it first)") from None
+            self._insert_audit(c, audit)
+
+        self._write(tx)
+
+    async def create_token(self, token: TokenRecord, audit: Sequence[AuditRecord] = ()) -> None:
+        await self._run(self._create_token, token, list(audit))
+
+    async def token_by_sha256(self, token_sha256: str) -> TokenRecord | None:
+        def read() -> TokenRecord | None:
+            row = self.conn.execute("SELECT * FROM api_tokens WHERE token_sha256 = ?", (token_sha256,)).fetchone()
+            return _token(row) if row else None
+
+        return await self._run(read)
+
+    async def list_tokens(self, include_revoked: bool) -> list[TokenRecord]:
+        clause = "" if include_revoked else "WHERE revoked_at_ms = 0"
+        return await self._run(
+            lambda: [_token(r) for r in self.conn.execute(f"SELECT * FROM api_tokens {clause} ORDER BY created_at_ms, name")]
+        )
+
+    def _revoke_token(self, name_or_id: str, at_ms: int, audit: Sequence[AuditRecord]) -> TokenRecord | None:
+        def tx(c: sqlite3.Connection) -> TokenRecord | None:
+            row = c.execute(
+                "SELECT * FROM api_tokens WHERE revoked_at_ms = 0 AND (name = ? OR token_id = ?)",
+                (name_or_id, name_or_id),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE api_tokens SET revoked_at_ms = ? WHERE token_id = ?", (at_ms, row["token_id"]))
+            self._insert_audit(c, audit)
+            return replace(_token(row), revoked_at_ms=at_ms)
+
+        return self._write(tx)
+
+    async def revoke_token(
+        self, name_or_id: str, at_ms: int, audit: Sequence[AuditRecord] = ()
+    ) -> TokenRecord | None:
+        return await self._run(self._revoke_token, name_or_id, at_ms, list(audit))
+
+    def _add_audit(self, events: Sequence[AuditRecord], used_token_id: str, used_at_ms: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            self._insert_audit(c, events)
+            if used_token_id:
+                c.execute(
+                    "UPDATE api_tokens SET last_used_at_ms = MAX(last_used_at_ms, ?) WHERE token_id = ?",
+                    (used_at_ms, used_token_id),
+                )
+
+        self._write(tx)
+
+    async def add_audit(self, events: Sequence[AuditRecord], used_token_id: str = "", used_at_ms: int = 0) -> None:
+        await self._run(self._add_audit, list(events), used_token_id, used_at_ms)
+
+    async def list_audit(self, since_ms: int, limit: int) -> list[AuditRecord]:
+        def read() -> list[AuditRecord]:
+            rows = self.conn.execute(
+                "SELECT * FROM audit_events WHERE at_ms >= ? ORDER BY seq DESC LIMIT ?", (since_ms, limit)
+            ).fetchall()
+            return [_audit(r) for r in reversed(rows)]
+
+        return await self._run(read)
+

@@ -108,7 +108,7 @@ class CollectorProcess:
         self.log_path = work / "collector.log"
 
     def start(self, timeout_s: float = 30.0) -> None:
-        lines = ["[collector]", 'listen = "127.0.0.1:0"', 'http_listen = "127.0.0.1:0"',
+        lines = ["[collector]", 'listen = "127.0.0.1:0"', 'http_listen = "127.0.0.1:0"', 'auth = "none"',
                  f'data_dir = "{self.work / "data"}"']
         for key, value in self.settings.items():
             lines.append(f"{key} = {json.dumps(value)}")

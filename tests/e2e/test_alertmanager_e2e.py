@@ -34,7 +34,7 @@ class Collector:
         self.config = self.dir / "collector.toml"
         self.config.write_text(
             f'[collector]\nlisten = "{self.address}"\nhttp_listen = "127.0.0.1:0"\n'
-            f'data_dir = "{self.dir / "data"}"\n'
+            f'data_dir = "{self.dir / "data"}"\nauth = "none"\n'
         )
         self.ready = self.dir / "ready.json"
         self.log = self.dir / "collector.log"

@@ -32,14 +32,16 @@ KiB = 1024
 
 
 class CollectorProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], ready: dict[str, Any], data_dir: Path, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], ready: dict[str, Any], data_dir: Path, log: Path,
+                 token: str) -> None:
         self.proc = proc
+        self.token = token
         self.grpc = str(ready["grpc"])
         self.data_dir = data_dir
         self.log = log
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "HOSTDIAG_COLLECTOR": self.grpc}
+        return {**os.environ, "HOSTDIAG_COLLECTOR": self.grpc, "HOSTDIAG_TOKEN": self.token}
 
 
 @pytest.fixture
@@ -49,6 +51,9 @@ def collector(tmp_path: Path, cli: Any) -> Iterator[CollectorProcess]:
     config.write_text(
         f'[collector]\nlisten = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\ndata_dir = "{data_dir}"\n'
     )
+    # The first admin token, the way an operator makes it: offline, on the collector's host.
+    token = cli.run("hostdiag-collector", "token", "create", "--config", str(config), "--role", "admin",
+                    "--name", "e2e-admin", check=True).stdout.strip()
     ready_file = tmp_path / "ready.json"
     log = tmp_path / "collector.log"
     with open(log, "wb") as log_file:
@@ -64,7 +69,7 @@ def collector(tmp_path: Path, cli: Any) -> Iterator[CollectorProcess]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"collector never wrote its ready file: {log.read_text()}")
             time.sleep(0.02)
-        yield CollectorProcess(proc, orjson.loads(ready_file.read_bytes()), data_dir, log)
+        yield CollectorProcess(proc, orjson.loads(ready_file.read_bytes()), data_dir, log, token)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -33,6 +33,9 @@ class CollectorProcess:
             f'data_dir = "{self.dir / "data"}"\ninsecure = true\n'
         )
         self.address = f"127.0.0.1:{grpc_port}"
+        # An operator's admin token, made offline on the collector's host before it starts.
+        self.token = cli.run("hostdiag-collector", "token", "create", "--config", str(self.config), "--role", "admin",
+                             "--name", "fleet-operator", check=True).stdout.strip()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = self.dir / "ready.json"
 
@@ -56,7 +59,8 @@ class CollectorProcess:
         self.proc.wait(timeout=10)
 
     def ctl(self, *args: str, check: bool = True) -> object:
-        proc = self.cli.run("collectorctl", "--collector", self.address, "--json", *args)
+        proc = self.cli.run("collectorctl", "--collector", self.address, "--json", *args,
+                            env={**os.environ, "HOSTDIAG_TOKEN": self.token})
         if check:
             assert proc.returncode == 0, f"collectorctl {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
             return orjson.loads(proc.stdout)

@@ -73,7 +73,7 @@ class CollectorProcess:
         self.config = self.dir / "collector.toml"
         self.config.write_text(
             f'[collector]\nlisten = "{self.address}"\nhttp_listen = "127.0.0.1:0"\n'
-            f'data_dir = "{self.dir / "data"}"\ninsecure = true\nsignal_rules_file = "{rules}"\n'
+            f'data_dir = "{self.dir / "data"}"\ninsecure = true\nauth = "none"\nsnapshot_min_interval_s = 0\nsignal_rules_file = "{rules}"\n'
         )
         self.ready = self.dir / "ready.json"
         self.log = self.dir / "collector.log"

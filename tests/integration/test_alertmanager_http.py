@@ -35,7 +35,7 @@ def fixture(name: str) -> bytes:
 @contextlib.asynccontextmanager
 async def running(data_dir: Path, **overrides: Any) -> AsyncIterator[tuple[Collector, Any, aio.Channel]]:
     cfg = CollectorConfig(collector=CollectorSection(
-        listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(data_dir), **overrides))
+        listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(data_dir), **overrides))
     collector = Collector(cfg)
     await collector.start()
     channel = aio.insecure_channel(collector.grpc_address)

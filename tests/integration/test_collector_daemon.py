@@ -30,7 +30,7 @@ KiB = 1024
 def start(tmp_path: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     cfg = tmp_path / "collector.toml"
     cfg.write_text(
-        f'[collector]\nlisten = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n{extra}'
+        f'[collector]\nlisten = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\nauth = "none"\ndata_dir = "{tmp_path / "data"}"\n{extra}'
     )
     ready = tmp_path / "ready.json"
     with contextlib.suppress(FileNotFoundError):

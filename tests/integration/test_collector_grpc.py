@@ -70,7 +70,7 @@ class FakeClock:
 
 def config(data_dir: Path, **overrides: Any) -> CollectorConfig:
     return CollectorConfig(
-        collector=CollectorSection(listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(data_dir),
+        collector=CollectorSection(listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(data_dir),
                                    **overrides)
     )
 

@@ -32,7 +32,7 @@ logging.getLogger("hostdiag").setLevel(logging.CRITICAL)
 @contextlib.asynccontextmanager
 async def running(data_dir: Path, **overrides: Any) -> AsyncIterator[Collector]:
     cfg = CollectorConfig(collector=CollectorSection(
-        listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(data_dir), **overrides))
+        listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(data_dir), **overrides))
     collector = Collector(cfg)
     await collector.start()
     try:

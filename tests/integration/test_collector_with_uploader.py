@@ -50,7 +50,7 @@ async def eventually(predicate: Callable[[], Any], what: str, timeout_s: float =
 def test_real_uploader_answers_an_incident(tmp_path: Path) -> None:
     async def main() -> None:
         collector = Collector(CollectorConfig(collector=CollectorSection(
-            listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(tmp_path / "collector"))))
+            listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(tmp_path / "collector"))))
         await collector.start()
         agent_cfg = parse_config(
             {

@@ -47,7 +47,8 @@ MiB = 1024 * KiB
 class RunningCollector:
     def __init__(self, data_dir: Path) -> None:
         config = parse_config(
-            {"collector": {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", "data_dir": str(data_dir)}},
+            {"collector": {"listen": "127.0.0.1:0", "http_listen": "127.0.0.1:0", "data_dir": str(data_dir),
+                           "auth": "none"}},
             "<test>",
         )
         self.data_dir = data_dir

@@ -86,7 +86,7 @@ class Hook:
 @contextlib.asynccontextmanager
 async def running(data_dir: Path, clock: MovableClock, **overrides: Any) -> AsyncIterator[Any]:
     cfg = CollectorConfig(collector=CollectorSection(
-        listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(data_dir), runbook_check_interval_s=0.05,
+        listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(data_dir), runbook_check_interval_s=0.05,
         **overrides))
     collector = Collector(cfg, clock=clock)
     await collector.start()

@@ -122,7 +122,7 @@ class Client:
 
 def make_config(data_dir: Path, **overrides: Any) -> CollectorConfig:
     return CollectorConfig(collector=CollectorSection(
-        listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=str(data_dir), **overrides))
+        listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(data_dir), **overrides))
 
 
 @contextlib.asynccontextmanager
