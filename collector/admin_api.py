@@ -77,6 +77,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         role = ROLE_FROM_PROTO.get(request.role)
         if role is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "role: choose viewer, responder, admin or alertmanager")
+            return None  # not reached: abort raises
         try:
             record, secret = await create_token(self.store, request.name, role)
         except ValueError as exc:
