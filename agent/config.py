@@ -194,6 +194,19 @@ class CollectorSection:
 
     address: str = field(default="", metadata={"doc": "collector host:port; empty: no collector, work offline"})
     insecure: bool = field(default=False, metadata={"doc": "plaintext gRPC; only with a loopback address"})
+    tls_ca_file: str = field(
+        default="", metadata={"doc": "PEM CA that signs the collector's certificate; required unless insecure"}
+    )
+    tls_cert_file: str = field(
+        default="",
+        metadata={"doc": "this agent's PEM certificate (SAN DNS = host_id), read at each connect; required unless insecure"},
+    )
+    tls_key_file: str = field(
+        default="", metadata={"doc": "PEM private key of tls_cert_file; required unless insecure"}
+    )
+    tls_server_name: str = field(
+        default="", metadata={"doc": "name to verify in the collector's certificate; empty: the address's host"}
+    )
     connect_timeout_s: float = field(default=10.0, metadata={"min": 0.1, "max": 300, "doc": "wait for Welcome"})
     backoff_initial_s: float = field(default=1.0, metadata={"min": 0.001, "max": 600, "doc": "first retry cap"})
     backoff_max_s: float = field(default=60.0, metadata={"min": 0.001, "max": 3600, "doc": "largest retry cap"})
@@ -215,12 +228,20 @@ class CollectorSection:
             raise ValueError(
                 ("insecure", f"plaintext is allowed only to a loopback address, not {self.address!r}")
             )
-        if not self.insecure:
-            # mTLS is not built yet: refuse at load time rather than run an uploader that can never connect.
-            raise ValueError(
-                ("insecure", "TLS to the collector is not supported yet; set insecure = true with a loopback "
-                 "address, or leave address empty to work offline")
-            )
+        keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+        for key in keys:
+            value = getattr(self, key)
+            if self.insecure:
+                if value:
+                    raise ValueError((key, "set, but insecure = true sends plaintext: remove it or set insecure = false"))
+            elif key == "tls_server_name":
+                if value and not re.fullmatch(r"[A-Za-z0-9*][A-Za-z0-9_.:-]{0,252}", value):
+                    raise ValueError((key, f"not a host name: {value[:80]!r}"))
+            elif not value:
+                # Refused at load time rather than running an uploader that can never connect.
+                raise ValueError((key, "required for mTLS to the collector (or insecure = true on a loopback address)"))
+            elif not os.path.isfile(value) or not os.access(value, os.R_OK):
+                raise ValueError((key, f"cannot read {value!r}"))
 
 
 @dataclass(frozen=True)

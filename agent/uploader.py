@@ -42,7 +42,7 @@ import grpc
 from grpc import aio
 
 import hostdiag
-from hostdiag.agent.config import AgentConfig
+from hostdiag.agent.config import AgentConfig, CollectorSection
 from hostdiag.agent.spool import Spool, SpoolError, SpoolItem
 from hostdiag.v1 import agent_pb2 as pb
 from hostdiag.v1 import agent_pb2_grpc as pb_grpc
@@ -58,6 +58,7 @@ __all__ = [
     "RETRYABLE_CODES",
     "PERMANENT_CODES",
     "COMMAND_QUEUE_SIZE",
+    "collector_channel",
 ]
 
 log = logging.getLogger("hostdiag.agent.uploader")
@@ -222,8 +223,37 @@ async def _rpc(awaitable: Awaitable[Any]) -> Any:
         ) from None
 
 
-def _default_channel(address: str) -> aio.Channel:
-    return aio.insecure_channel(address, options=KEEPALIVE_OPTIONS)
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def collector_channel(col: CollectorSection) -> ChannelFactory:
+    """The channel factory the config asks for: plaintext (loopback only) or mTLS.
+
+    With mTLS the CA, certificate and key are read from disk for every channel, and the
+    uploader opens a fresh channel per connection attempt, so rotated files are used from
+    the next reconnect on without a restart.  A file that cannot be read fails that attempt
+    (reported as the connect error) and the next attempt tries again.
+    """
+    if col.insecure:
+        return lambda address: aio.insecure_channel(address, options=KEEPALIVE_OPTIONS)
+    options: list[tuple[str, Any]] = list(KEEPALIVE_OPTIONS)
+    if col.tls_server_name:
+        options.append(("grpc.ssl_target_name_override", col.tls_server_name))
+
+    def factory(address: str) -> aio.Channel:
+        try:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read_file(col.tls_ca_file),
+                private_key=_read_file(col.tls_key_file),
+                certificate_chain=_read_file(col.tls_cert_file),
+            )
+        except OSError as exc:
+            raise _ConnectFailed(f"cannot read a TLS file: {exc.filename}: {exc.strerror or exc}") from None
+        return aio.secure_channel(address, credentials, options=options)
+
+    return factory
 
 
 class Uploader:
@@ -245,16 +275,15 @@ class Uploader:
     ) -> None:
         """``clock`` times sessions; ``rng`` jitters backoff; ``sleep`` waits out backoff delays.
 
-        ``channel_factory(address)`` makes the gRPC channel for one session; the default is a
-        plaintext channel with :data:`KEEPALIVE_OPTIONS`, which the config allows only towards a
-        loopback address (``collector.insecure = true``).  ``executor`` runs the spool's blocking
-        file work (None: the loop's default executor).
+        ``channel_factory(address)`` makes the gRPC channel for one session; the default,
+        :func:`collector_channel`, is mTLS from the ``collector.tls_*`` files, or plaintext
+        with ``collector.insecure = true`` (loopback only).  Both use
+        :data:`KEEPALIVE_OPTIONS`.  ``executor`` runs the spool's blocking file work (None:
+        the loop's default executor).
         """
         col = config.collector
         if not col.address:
             raise ValueError("collector.address is empty: the agent works offline and needs no uploader")
-        if channel_factory is None and not col.insecure:
-            raise ValueError("TLS to the collector is not supported yet: set collector.insecure = true (loopback only)")
         self._config = config
         self._col = col
         self._spool = spool
@@ -265,7 +294,7 @@ class Uploader:
         self._wall = wall_clock
         self._sleep = sleep
         self._executor = executor
-        self._channel_factory = channel_factory or _default_channel
+        self._channel_factory = channel_factory or collector_channel(col)
         self._channel: aio.Channel | None = None
         self._stub: pb_grpc.AgentServiceStub | None = None
         self._out: asyncio.Queue[pb.ConnectRequest] | None = None

@@ -16,6 +16,13 @@ Connect, as the collector runs it:
    silent for ``heartbeat_timeout_s`` is dropped (UNAVAILABLE); a second
    Hello on the same stream is INVALID_ARGUMENT.  On shutdown the stream ends
    with UNAVAILABLE so the agent reconnects elsewhere or later.
+
+With mTLS (``require_identity``) every call must come with a client certificate
+that gRPC verified against the agent CA (else UNAUTHENTICATED: e.g. a call on
+the API port, which asks for none).  The certificate is the agent's identity:
+the Hello's ``host_id`` must be one of its names (SAN DNS names, else the CN),
+else PERMISSION_DENIED "certificate names X, hello says Y"; uploads and upload
+queries are checked against the same names (see :mod:`hostdiag.collector.ingest`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from hostdiag.collector.fleet import AgentSession, Fleet
 from hostdiag.collector.incidents import IncidentManager
 from hostdiag.collector.ingest import Ingest
 from hostdiag.collector.store.base import AgentRecord, MetadataStore
+from hostdiag.collector.tls import PeerIdentity, peer_identity
 from hostdiag.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["AgentServicer", "check_hello"]
@@ -85,7 +93,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         queue_length: int,
         hello_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        require_identity: bool = False,
     ) -> None:
+        """``require_identity``: mTLS; every call needs a verified agent certificate."""
+        self.require_identity = require_identity
         self.fleet = fleet
         self.incidents = incidents
         self.ingest = ingest
@@ -100,10 +111,25 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    async def _identity(self, context: Any) -> PeerIdentity | None:
+        """The caller's certificate identity; None when identities are not required (plaintext)."""
+        if not self.require_identity:
+            return None
+        identity = peer_identity(context.auth_context())
+        if identity is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "AgentService needs a client certificate signed by the collector's agent CA "
+                "(agents connect to the collector's listen address)",
+            )
+        assert identity is not None
+        return identity
+
     # -- Connect ------------------------------------------------------------------------
     async def Connect(self, request_iterator: AsyncIterator[Any], context: Any) -> None:  # noqa: N802
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "collector is shutting down")
+        identity = await self._identity(context)
         messages = aiter(request_iterator)
         try:
             first = await asyncio.wait_for(anext(messages), self.hello_timeout_s)
@@ -119,6 +145,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         problem = check_hello(hello)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if identity is not None and not identity.allows(hello.host_id):
+            log.warning(
+                "agent refused: certificate and host id differ",
+                extra={"event": "agent_identity_mismatch", "host_id": hello.host_id, "certificate": str(identity),
+                       "peer": context.peer() or ""},
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"certificate names {identity}, hello says {hello.host_id}"
+            )
         now = self._now_ms()
         session = AgentSession(
             host_id=hello.host_id,
@@ -269,8 +304,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     # -- uploads ------------------------------------------------------------------------
     async def Upload(self, request_iterator: AsyncIterator[Any], context: Any) -> agent_pb2.UploadResponse:  # noqa: N802
+        identity = await self._identity(context)
         try:
-            result = await self.ingest.receive(aiter(request_iterator))
+            result = await self.ingest.receive(aiter(request_iterator), identity.names if identity else None)
         except CollectorError as exc:
             await context.abort(exc.code, exc.message)
         return agent_pb2.UploadResponse(
@@ -278,8 +314,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     async def QueryUpload(self, request: Any, context: Any) -> agent_pb2.QueryUploadResponse:  # noqa: N802
+        identity = await self._identity(context)
         try:
-            result = await self.ingest.query(request.bundle_id)
+            result = await self.ingest.query(request.bundle_id, identity.names if identity else None)
         except CollectorError as exc:
             await context.abort(exc.code, exc.message)
         return agent_pb2.QueryUploadResponse(

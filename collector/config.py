@@ -75,7 +75,24 @@ class CollectorSection:
         default="127.0.0.1:7480", metadata={"nonempty": True, "doc": "HTTP address: bundles, /metrics, /healthz"}
     )
     data_dir: str = field(default="./hostdiag-data", metadata={"nonempty": True, "doc": "SQLite, blobs, uploads"})
-    insecure: bool = field(default=True, metadata={"doc": "plaintext gRPC; allowed on loopback only"})
+    insecure: bool = field(
+        default=True, metadata={"doc": "plaintext gRPC, no certificates; allowed on loopback addresses only"}
+    )
+    tls_cert_file: str = field(
+        default="",
+        metadata={"doc": "PEM certificate both gRPC ports present (reloaded when it changes); required unless insecure"},
+    )
+    tls_key_file: str = field(
+        default="", metadata={"doc": "PEM private key of tls_cert_file; required unless insecure"}
+    )
+    tls_client_ca_file: str = field(
+        default="",
+        metadata={"doc": "PEM CA that signs agent certificates; listen requires one of them; required unless insecure"},
+    )
+    api_listen: str = field(
+        default="",
+        metadata={"doc": "extra gRPC address for collectorctl: TLS without client certificates; empty: none"},
+    )
     log_level: str = field(
         default="info", metadata={"choices": ("debug", "info", "warning", "error"), "doc": "log level"}
     )
@@ -223,7 +240,9 @@ class CollectorSection:
     )
 
     def validate(self) -> None:
-        for key in ("listen", "http_listen"):
+        for key in ("listen", "http_listen", "api_listen"):
+            if not getattr(self, key):
+                continue  # only api_listen may be empty (nonempty checks the others)
             try:
                 host, _port = split_host_port(getattr(self, key))
             except ValueError as exc:
@@ -231,13 +250,20 @@ class CollectorSection:
             if key == "http_listen" and not is_loopback_host(host):
                 # Bundles are served without authentication until API tokens land.
                 raise ValueError((key, f"must be a loopback address until HTTP authentication exists, got {host!r}"))
-            if key == "listen" and self.insecure and not is_loopback_host(host):
+            if key in ("listen", "api_listen") and self.insecure and not is_loopback_host(host):
                 raise ValueError(
                     (key, f"plaintext gRPC (insecure = true) is only allowed on a loopback address, got {host!r}; "
-                          "mTLS is not available yet")
+                          "set insecure = false with tls_cert_file, tls_key_file and tls_client_ca_file for mTLS")
                 )
-        if not self.insecure:
-            raise ValueError(("insecure", "mTLS is not implemented yet: only insecure = true on loopback is supported"))
+        for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+            path = getattr(self, key)
+            if self.insecure:
+                if path:
+                    raise ValueError((key, "set, but insecure = true serves plaintext: remove it or set insecure = false"))
+            elif not path:
+                raise ValueError((key, "required unless insecure = true (plaintext, loopback only)"))
+            elif not os.path.isfile(path) or not os.access(path, os.R_OK):
+                raise ValueError((key, f"cannot read {path!r}"))
         if self.max_message_bytes < self.max_chunk_bytes + 4 * KiB:
             raise ValueError(("max_message_bytes", "must exceed max_chunk_bytes by at least 4 KiB (message framing)"))
         if self.max_chunk_bytes > self.max_bundle_bytes:

@@ -13,15 +13,18 @@ It talks to a collector's gRPC API (``IncidentService``, ``BundleService``,
     collectorctl bundle show ID
     collectorctl bundle download ID [-o PATH] [--force]
     collectorctl agents list [--all]
+    collectorctl pki init --dir DIR
+    collectorctl pki issue --dir DIR --host NAME [--server --san NAME|IP ...]
     collectorctl token create --role viewer|responder|admin|alertmanager --name NAME
     collectorctl token list [--all]
     collectorctl token revoke NAME_OR_ID
     collectorctl audit [--since DURATION_OR_TIME] [--limit N]
 
 Every command takes ``--collector HOST:PORT`` (default ``$HOSTDIAG_COLLECTOR``,
-else ``127.0.0.1:7443``), the API token (``--token TOKEN``, ``--token-file
-PATH``, else ``$HOSTDIAG_TOKEN``; sent as ``authorization: Bearer``, never
-printed), ``--timeout SECONDS`` (how long to wait for the
+else ``127.0.0.1:7443``), ``--ca-file PEM`` (default ``$HOSTDIAG_CA_FILE``: TLS
+to the collector's API port; none: plaintext), the API token (``--token TOKEN``,
+``--token-file PATH``, else ``$HOSTDIAG_TOKEN``; sent as ``authorization:
+Bearer``, never printed), ``--timeout SECONDS`` (how long to wait for the
 connection) and ``--json`` (one JSON object, or one array for the list
 commands, on stdout).  Human output is aligned tables and short lines; strings
 that came from the collector (and so, in part, from agents) are printed with
@@ -32,7 +35,7 @@ collector refused the change, or a download did not verify; 2 a bad argument
 (ours or, for INVALID_ARGUMENT, the collector's judgement).
 
 Everything that touches the wire lives in :class:`CollectorClient`: the
-channel (options, and one day TLS credentials), the call metadata (the bearer token, and
+channel (options, TLS credentials), the call metadata (the bearer token, and
 the local user as actor), deadlines, and turning gRPC statuses into
 :class:`CtlError`.  Commands only see protobuf messages and ``CtlError``.
 """
@@ -58,6 +61,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import hostdiag
 from hostdiag.agent.bundle import bundle_file_name, verify_bundle
+from hostdiag.collector import pki
 from hostdiag.collector.config import split_host_port
 from hostdiag.collector.runbook import breach_is_open
 from hostdiag.v1 import admin_pb2, admin_pb2_grpc
@@ -84,6 +88,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_COLLECTOR = "127.0.0.1:7443"
 ENV_COLLECTOR = "HOSTDIAG_COLLECTOR"
 ENV_TOKEN = "HOSTDIAG_TOKEN"
+ENV_CA_FILE = "HOSTDIAG_CA_FILE"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 # Deadline of one unary call once connected (listing 1000 incidents with their
 # timelines on a busy collector still fits).
@@ -163,10 +168,11 @@ class CollectorClient:
     """A blocking client of one collector.  Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S, actor: str | None = None,
+                 call_timeout_s: float = CALL_TIMEOUT_S, actor: str | None = None, ca_file: str = "",
                  token: str = "") -> None:
         self.address = address
         self._token = token
+        self.ca_file = ca_file
         self.connect_timeout_s = connect_timeout_s
         self.call_timeout_s = max(call_timeout_s, connect_timeout_s)
         self.actor = _default_actor() if actor is None else actor
@@ -176,9 +182,17 @@ class CollectorClient:
     # -- the one place that decides how we connect and who we say we are
 
     def _open_channel(self) -> grpc.Channel:
-        # Plaintext only: the collector serves plaintext on loopback until mTLS
-        # exists; channel credentials go here then.
-        return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        # With a CA file: TLS to the collector's API port, verifying its certificate
+        # and name (collectorctl presents no client certificate; see docs/security.md).
+        # Without: plaintext, which a collector serves only on loopback.
+        if not self.ca_file:
+            return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        try:
+            with open(self.ca_file, "rb") as fh:
+                ca = fh.read()
+        except OSError as exc:
+            raise CtlError(f"cannot read the CA file {self.ca_file}: {exc.strerror or exc}") from None
+        return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(ca), options=CHANNEL_OPTIONS)
 
     def metadata(self) -> list[tuple[str, str]]:
         """Metadata sent with every call: the API token, and the local user name."""
@@ -1415,6 +1429,8 @@ def _common() -> _Parser:
     p = _Parser(add_help=False)
     p.add_argument("--collector", metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help=f"collector gRPC address (default: ${ENV_COLLECTOR}, else {DEFAULT_COLLECTOR})")
+    p.add_argument("--ca-file", metavar="PEM", default=argparse.SUPPRESS,
+                   help=f"connect with TLS, trusting this CA (default: ${ENV_CA_FILE}; none: plaintext)")
     p.add_argument("--token", metavar="TOKEN", default=argparse.SUPPRESS,
                    help=f"API token (default: ${ENV_TOKEN}); --token-file keeps it out of the process list")
     p.add_argument("--token-file", metavar="PATH", default=argparse.SUPPRESS,
@@ -1431,7 +1447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="collectorctl", parents=[common],
                      description="hostdiag: run incidents, download bundles, see the fleet")
     parser.add_argument("--version", action="version", version=f"collectorctl {hostdiag.__version__}")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="{incident,bundle,agents,token,audit}")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{incident,bundle,agents,token,audit,pki}")
 
     incident = groups.add_parser("incident", help="open, follow and close incidents")
     isub = incident.add_subparsers(dest="command", required=True)
@@ -1534,6 +1550,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only entries from this long ago (30m, 2h, 7d) or since this ISO 8601 time")
     p.add_argument("--limit", type=positive_int, metavar="N", help="at most the N newest entries (default 100)")
     p.set_defaults(func=cmd_audit)
+    pki.add_commands(groups)
     return parser
 
 
@@ -1542,6 +1559,7 @@ class Options:
     collector: str
     timeout_s: float
     json: bool
+    ca_file: str = ""
     token: str = field(default="", repr=False)
 
 
@@ -1561,7 +1579,8 @@ def resolve_options(args: argparse.Namespace, env: Mapping[str, str]) -> Options
     if port == 0:
         raise _UsageError(args.parser, f"{origin}: port 0 is not an address to connect to")
     return Options(collector=address, timeout_s=getattr(args, "timeout", DEFAULT_CONNECT_TIMEOUT_S),
-                   json=bool(getattr(args, "json", False)), token=_token(args, env))
+                   json=bool(getattr(args, "json", False)),
+                   ca_file=getattr(args, "ca_file", None) or env.get(ENV_CA_FILE, ""), token=_token(args, env))
 
 
 def _token(args: argparse.Namespace, env: Mapping[str, str]) -> str:
@@ -1628,7 +1647,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     def make_client() -> _Client:
         if client_factory is not None:
             return client_factory(options)
-        return CollectorClient(options.collector, connect_timeout_s=options.timeout_s,
+        return CollectorClient(options.collector, connect_timeout_s=options.timeout_s, ca_file=options.ca_file,
                                token=options.token)
 
     ctx = Context(out=out, err=err, json=options.json, make_client=make_client, clock=clock)

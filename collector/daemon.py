@@ -2,7 +2,7 @@
 
 One uvloop event loop serves gRPC (agents, incidents, bundles, fleet, health,
 reflection) and HTTP (bundle downloads, /metrics, /healthz).  ``--ready-file``
-receives ``{"grpc": "HOST:PORT", "http": "HOST:PORT", "pid": N}`` once both
+receives ``{"grpc": "HOST:PORT", "http": "HOST:PORT", "pid": N}`` (plus ``"api"`` with ``api_listen``) once both
 listeners serve (written tmp + rename, so a reader never sees half of it),
 which is how tests and the quickstart find ports chosen with ``:0``.
 SIGTERM/SIGINT stop it gracefully: health turns NOT_SERVING, new calls are
@@ -42,6 +42,8 @@ log = logging.getLogger("hostdiag.collector")
 
 def write_ready_file(path: str, collector: Collector) -> None:
     doc = {"grpc": collector.grpc_address, "http": collector.http_address, "pid": os.getpid()}
+    if collector.api_address:
+        doc["api"] = collector.api_address
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as fh:
         fh.write(orjson.dumps(doc) + b"\n")
@@ -62,7 +64,8 @@ async def _amain(config: CollectorConfig, ready_file: str | None) -> int:
         await collector.stop(0)
         raise
     try:
-        print(f"hostdiag-collector: gRPC on {collector.grpc_address}, HTTP on {collector.http_address}",
+        api = f", API on {collector.api_address}" if collector.api_address else ""
+        print(f"hostdiag-collector: gRPC on {collector.grpc_address}{api}, HTTP on {collector.http_address}",
               file=sys.stderr, flush=True)
         if ready_file:
             write_ready_file(ready_file, collector)

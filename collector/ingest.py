@@ -257,7 +257,17 @@ class Ingest:
         await self.store.delete_upload(bundle_id)
 
     # -- QueryUpload --------------------------------------------------------------------
-    async def query(self, bundle_id: str) -> UploadResult:
+    def _check_owner(self, bundle: Any, identity: tuple[str, ...] | None) -> None:
+        """An agent with a certificate only ever learns about its own host's stored bundles."""
+        if identity is not None and bundle.host_id not in identity:
+            raise self._reject(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"bundle {bundle.bundle_id} belongs to another host than this agent's certificate names",
+                "not_owner",
+            )
+
+    async def query(self, bundle_id: str, identity: tuple[str, ...] | None = None) -> UploadResult:
+        """``identity``: the names in the caller's verified certificate (None: plaintext, no check)."""
         if not is_bundle_id(bundle_id):
             raise self._reject(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -266,6 +276,7 @@ class Ingest:
             )
         bundle = await self.store.get_bundle(bundle_id)
         if bundle is not None:
+            self._check_owner(bundle, identity)
             return UploadResult(bundle_id, bundle.size_bytes, True)
         # Only what is durable: chunks are written without an fsync each.
         size = await self.staging.durable_size(bundle_id)
@@ -282,8 +293,12 @@ class Ingest:
                 "idle",
             ) from None
 
-    async def receive(self, messages: AsyncIterator[Any]) -> UploadResult:
-        """Serve one Upload stream of ``UploadRequest`` messages."""
+    async def receive(self, messages: AsyncIterator[Any], identity: tuple[str, ...] | None = None) -> UploadResult:
+        """Serve one Upload stream of ``UploadRequest`` messages.
+
+        ``identity``: the names in the caller's verified certificate; the manifest's
+        ``host_id`` must be one of them (None: plaintext on loopback, no such check).
+        """
         if self.active_streams >= self.limits.max_concurrent_uploads:
             raise self._reject(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -317,7 +332,7 @@ class Ingest:
             del first
             state = self._acquire_state(bundle_id)
             try:
-                return await self._receive(bundle_id, state, request_id, incident_id, reader)
+                return await self._receive(bundle_id, state, request_id, incident_id, reader, identity)
             finally:
                 self._release_state(bundle_id, state)
         finally:
@@ -325,10 +340,12 @@ class Ingest:
             await reader.close()
 
     async def _receive(
-        self, bundle_id: str, state: _State, request_id: str, incident_id: str, messages: _ReadAhead
+        self, bundle_id: str, state: _State, request_id: str, incident_id: str, messages: _ReadAhead,
+        identity: tuple[str, ...] | None = None,
     ) -> UploadResult:
         stored = await self.store.get_bundle(bundle_id)
         if stored is not None:
+            self._check_owner(stored, identity)
             return UploadResult(bundle_id, stored.size_bytes, True)
         upload = await self.store.get_upload(bundle_id)
         saved = upload is not None
@@ -425,7 +442,7 @@ class Ingest:
                         self.counters.bytes_received.inc(len(data))
                 data = b""
                 if finish:
-                    return await self._finish(bundle_id, state, upload, committed, total_size, sha256)
+                    return await self._finish(bundle_id, state, upload, committed, total_size, sha256, identity)
             msg = await self._next(messages)
         # The stream ended without finishing: what we answer must be durable.
         async with state.lock:
@@ -435,7 +452,7 @@ class Ingest:
 
     async def _finish(
         self, bundle_id: str, state: _State, upload: UploadRecord, committed: int, total_size_bytes: int,
-        sha256: str,
+        sha256: str, identity: tuple[str, ...] | None = None,
     ) -> UploadResult:
         """Verify and publish; called with the bundle's lock held."""
         bad = grpc.StatusCode.INVALID_ARGUMENT
@@ -474,7 +491,7 @@ class Ingest:
         except BundleFormatError as exc:
             await self._discard(bundle_id)
             raise self._reject(bad, f"bad bundle: {exc}; upload discarded", "bad_bundle") from None
-        problem = await self._manifest_problem(bundle_id, upload, manifest)
+        problem = await self._manifest_problem(bundle_id, upload, manifest, identity)
         if problem:
             await self._discard(bundle_id)
             raise self._reject(bad, f"{problem}; upload discarded", "manifest_mismatch")
@@ -528,12 +545,17 @@ class Ingest:
                     assert fh is not None
                     return fh.read(member.size).decode("utf-8")
 
-    async def _manifest_problem(self, bundle_id: str, upload: UploadRecord, manifest: dict[str, Any]) -> str:
+    async def _manifest_problem(
+        self, bundle_id: str, upload: UploadRecord, manifest: dict[str, Any], identity: tuple[str, ...] | None = None
+    ) -> str:
         if manifest.get("bundle_id") != bundle_id:
             return f"manifest.json: bundle_id is {str(manifest.get('bundle_id'))[:80]!r}, the upload is {bundle_id}"
         host_id = manifest.get("host_id")
         if not isinstance(host_id, str) or not host_id or len(host_id) > 253:
             return "manifest.json: host_id must be a non-empty string of at most 253 characters"
+        if identity is not None and host_id not in identity:
+            # Permanent (INVALID_ARGUMENT): the agent quarantines this bundle and goes on with the next.
+            return f"manifest.json: host_id {host_id!r} is not the host this agent's certificate names"
         if upload.request_id:
             req = await self.store.get_request(upload.request_id)
             if req is not None and req.host_id != host_id:

@@ -21,6 +21,15 @@ gRPC server options (the agent's keepalive must agree with these):
 - ``grpc.max_receive_message_length`` = ``max_message_bytes`` (one upload
   chunk of at most 1 MiB plus framing) and ``grpc.max_send_message_length``
   2 MiB (download chunks are 1 MiB).
+
+Transport (``docs/security.md``, *Transport and identity*): with
+``insecure = true`` the gRPC ports are plaintext (loopback only).  Otherwise
+``listen`` is mTLS with a required agent certificate and ``api_listen``, when
+set, is TLS without client certificates for collectorctl; both present
+``tls_cert_file``, re-read when it changes on disk
+(:class:`~hostdiag.collector.tls.ReloadingCertificates`).  One server serves
+every service on both ports; AgentService refuses callers without a verified
+agent certificate.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ from hostdiag.collector.signals.rules import load_rules
 from hostdiag.collector.store.base import IncidentStates, RequestStates
 from hostdiag.collector.store.blobs import FileBlobStore, StagingArea
 from hostdiag.collector.store.sqlite import SqliteMetadataStore
+from hostdiag.collector.tls import ReloadingCertificates, TlsFiles
 from hostdiag.collector.webhook import WebhookNotifier
 from hostdiag.v1 import admin_pb2, admin_pb2_grpc
 from hostdiag.v1 import agent_pb2, agent_pb2_grpc, bundle_pb2, bundle_pb2_grpc, fleet_pb2, fleet_pb2_grpc
@@ -174,6 +184,7 @@ class Collector:
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             queue_length=c.command_queue_length,
             clock=clock,
+            require_identity=not c.insecure,
         )
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.http = HttpServer(
@@ -189,6 +200,7 @@ class Collector:
         )
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
+        self.api_port = 0
         self.http_port = 0
         self.stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -251,6 +263,35 @@ class Collector:
         return f"[{host}]:{self.grpc_port}" if ":" in host else f"{host}:{self.grpc_port}"
 
     @property
+    def api_address(self) -> str:
+        """The API port's address; "" when ``api_listen`` is not set."""
+        if not self.config.collector.api_listen:
+            return ""
+        host, _ = split_host_port(self.config.collector.api_listen)
+        return f"[{host}]:{self.api_port}" if ":" in host else f"{host}:{self.api_port}"
+
+    def _add_port(self, server: grpc.aio.Server, address: str, *, agents: bool) -> int:
+        """Bind one gRPC port: plaintext, mTLS (agents) or server-only TLS (the API port)."""
+        c = self.config.collector
+        credentials = None
+        if not c.insecure:
+            files = TlsFiles(c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file if agents else "")
+            try:
+                credentials = ReloadingCertificates(files).credentials(require_client_auth=agents)
+            except (OSError, ValueError) as exc:
+                raise OSError(f"TLS for {address}: {exc}") from None
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {address} for gRPC (address in use or not available)")
+        return port
+
+    @property
     def http_address(self) -> str:
         host, _ = split_host_port(self.config.collector.http_listen)
         return f"[{host}]:{self.http_port}" if ":" in host else f"{host}:{self.http_port}"
@@ -278,14 +319,10 @@ class Collector:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        try:
-            port = server.add_insecure_port(c.listen)
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise OSError(f"cannot listen on {c.listen} for gRPC (address in use or not available)")
+        self.grpc_port = self._add_port(server, c.listen, agents=True)
+        if c.api_listen:
+            self.api_port = self._add_port(server, c.api_listen, agents=False)
         self.server = server
-        self.grpc_port = port
         try:
             host, http_port = split_host_port(c.http_listen)
             self.http_port = await self.http.start(host, http_port)
@@ -304,7 +341,7 @@ class Collector:
         log.info(
             "collector serving",
             extra={"event": "collector_started", "grpc": self.grpc_address, "http": self.http_address,
-                   "data_dir": self.config.data_dir},
+                   "api": self.api_address, "tls": not c.insecure, "data_dir": self.config.data_dir},
         )
 
     async def _set_health(self, status: Any) -> None:

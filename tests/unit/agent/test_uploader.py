@@ -102,7 +102,7 @@ def write(tmp_path: Path, text: str) -> str:
     [
         ("[collector]\naddress = '10.1.2.3:7443'\ninsecure = true\n", "collector.insecure", "loopback"),
         ("[collector]\naddress = 'collector.example.com:7443'\ninsecure = true\n", "collector.insecure", "loopback"),
-        ("[collector]\naddress = '127.0.0.1:7443'\n", "collector.insecure", "TLS"),
+        ("[collector]\naddress = '127.0.0.1:7443'\n", "collector.tls_ca_file", "required for mTLS"),
         ("[collector]\naddress = 'collector'\ninsecure = true\n", "collector.address", "host:port"),
         ("[collector]\naddress = '127.0.0.1:0'\ninsecure = true\n", "collector.address", "port from 1"),
         ("[collector]\naddress = '::1:7443'\ninsecure = true\n", "collector.address", "brackets"),
@@ -144,14 +144,48 @@ async def _never(*args: object) -> object:
     raise AssertionError("no snapshot expected")
 
 
-def test_the_uploader_needs_an_address_and_refuses_tls_it_cannot_do(tmp_path: Path) -> None:
+def test_the_uploader_needs_an_address(tmp_path: Path) -> None:
     spool = Spool(str(tmp_path / "spool"), MiB, 10)
-    host = HostInfo("h")
     with pytest.raises(ValueError, match="offline"):
-        Uploader(AgentConfig(), spool, snapshot_fn=_never, host_info=host)
-    tls = dataclasses.replace(AgentConfig(), collector=CollectorSection(address="10.0.0.1:7443"))
-    with pytest.raises(ValueError, match="TLS"):
-        Uploader(tls, spool, snapshot_fn=_never, host_info=host)
+        Uploader(AgentConfig(), spool, snapshot_fn=_never, host_info=HostInfo("h"))
+
+
+def test_tls_files_are_read_at_every_attempt_and_a_missing_one_is_the_connect_error(tmp_path: Path) -> None:
+    """mTLS credentials come from disk per attempt: a file gone (mid-rotation) fails that attempt only."""
+    ca = tmp_path / "ca.crt"
+    config = dataclasses.replace(
+        AgentConfig(),
+        collector=CollectorSection(
+            address="127.0.0.1:9", tls_ca_file=str(ca), tls_cert_file=str(tmp_path / "h.crt"),
+            tls_key_file=str(tmp_path / "h.key"), backoff_initial_s=0.1,
+        ),
+    )
+    spool = Spool(str(tmp_path / "spool"), MiB, 10)
+
+    async def scenario() -> list[str]:
+        errors: list[str] = []
+        enough = asyncio.Event()
+        uploader: Uploader
+
+        async def sleep(delay: float) -> None:
+            errors.append(uploader.status()["last_connect_error"])
+            if len(errors) == 1:
+                ca.write_text("not a certificate")  # the next attempt gets past the CA file
+            if len(errors) >= 2:
+                enough.set()
+                await asyncio.Event().wait()
+
+        uploader = Uploader(config, spool, snapshot_fn=_never, host_info=HostInfo("h"), sleep=sleep)
+        task = asyncio.create_task(uploader.run())
+        await asyncio.wait_for(enough.wait(), 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return errors
+
+    errors = asyncio.run(scenario())
+    assert errors[0] == f"cannot read a TLS file: {ca}: No such file or directory"
+    assert errors[1] == f"cannot read a TLS file: {tmp_path / 'h.key'}: No such file or directory"
 
 
 def test_reconnect_attempts_follow_the_backoff_schedule(tmp_path: Path) -> None:

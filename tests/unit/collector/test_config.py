@@ -83,7 +83,7 @@ def test_values_and_sizes_are_read(tmp_path: Path) -> None:
         ('[collector]\nhttp_listen = "0.0.0.0:7480"\n', "collector.http_listen", "must be a loopback"),
         ('[collector]\nlisten = "7443"\n', "collector.listen", "HOST:PORT"),
         ('[collector]\nlisten = "127.0.0.1:99999"\n', "collector.listen", "port must be"),
-        ("[collector]\ninsecure = false\n", "collector.insecure", "mTLS is not implemented"),
+        ("[collector]\ninsecure = false\n", "collector.tls_cert_file", "required unless insecure = true"),
         ('[collector]\nmax_message_bytes = "1 MiB"\n', "collector.max_message_bytes", "must exceed max_chunk_bytes"),
         (
             "[collector]\nheartbeat_interval_s = 20\nheartbeat_timeout_s = 10\n",
