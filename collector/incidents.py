@@ -183,6 +183,11 @@ class IncidentManager:
         # requests here instead of waiting for a trip through the store's queue with the lock
         # held, which would serialise a thousand agents' messages on the store.
         self._requests: collections.OrderedDict[str, HostRequestRecord] = collections.OrderedDict()
+        # Hosts that may have a request coalesced with another one (None: not read yet).  Only
+        # for these is the store asked, when a request ends, for the requests waiting on it:
+        # that read would otherwise be a trip through the store's queue with the lock held for
+        # every bundle attached.
+        self._follower_hosts: set[str] | None = None
         # Called with the incident id after a bundle attached to it (the severity signals).
         self.on_bundle_attached: Callable[[str], None] | None = None
 
@@ -201,6 +206,13 @@ class IncidentManager:
         """A change that failed: read these from the store again next time."""
         for req in requests:
             self._requests.pop(req.request_id, None)
+
+    async def _may_have_followers(self, host_id: str) -> bool:
+        """Whether requests coalesced with one of ``host_id``'s may exist (under the lock)."""
+        if self._follower_hosts is None:
+            waiting = await self.store.requests_expired(2**62, [RequestStates.REQUESTED])  # all of them
+            self._follower_hosts = {r.host_id for r in waiting if _leader_id(r) is not None}
+        return host_id in self._follower_hosts
 
     async def _request(self, request_id: str) -> HostRequestRecord | None:
         req = self._requests.get(request_id)
@@ -235,13 +247,22 @@ class IncidentManager:
         return await self._view(inc)
 
     async def _view(self, inc: IncidentRecord) -> IncidentView:
+        # The reads go to the store together: while an incident fans out, the store's queue is
+        # long, and one wait behind it is better than five in a row.
+        requests, events, bundle_ids, escalations, suggestion_json = await asyncio.gather(
+            self.store.list_requests(inc.id),
+            self.store.list_events(inc.id),
+            self._bundle_ids(inc.id),
+            self.store.list_escalations(inc.id),
+            self.store.get_suggestion(inc.id),
+        )
         return IncidentView(
             incident=inc,
-            requests=await self.store.list_requests(inc.id),
-            events=await self.store.list_events(inc.id),
-            bundle_ids=await self._bundle_ids(inc.id),
-            escalations=await self.store.list_escalations(inc.id),
-            suggestion_json=await self.store.get_suggestion(inc.id) or "",
+            requests=requests,
+            events=events,
+            bundle_ids=bundle_ids,
+            escalations=escalations,
+            suggestion_json=suggestion_json or "",
         )
 
     async def _bundle_ids(self, incident_id: str) -> list[str]:
@@ -406,6 +427,8 @@ class IncidentManager:
             if leader is not None:
                 reason = _coalesced_reason(leader)
                 out.append(replace(req, reason=reason))
+                if self._follower_hosts is not None:
+                    self._follower_hosts.add(req.host_id)
                 events.append(TimelineEventRecord(
                     incident_id, now, "coalesced",
                     f"{reason}: that snapshot is in flight, so the host is not asked again; its bundle is "
@@ -451,6 +474,8 @@ class IncidentManager:
         promoted: list[HostRequestRecord] = []
         for leader in changed:
             if leader.state not in RequestStates.FINAL or _leader_id(leader) is not None:
+                continue
+            if not await self._may_have_followers(leader.host_id):
                 continue
             followers = [
                 r for r in await self.store.requests_for_host(leader.host_id, [RequestStates.REQUESTED])
