@@ -367,6 +367,7 @@ async def swarm(args: argparse.Namespace, address: str, bundles: list[Bundle], p
             result["error"] = f"only {connected}/{n} agents connected; first errors: {errors[:3]}"
             return result
         await asyncio.sleep(args.settle)
+        result["rss_connected"] = memory_mb(pid)[1] if pid else float("nan")
         # 2. one incident for all of them
         cpu0 = cpu_seconds(pid) if pid else 0.0
         own0 = time.process_time()
@@ -497,7 +498,8 @@ def main() -> int:
         print(f"collector CPU            {result['cpu_s']:.2f} s over {result['wall_s']:.2f} s "
               f"({result['cpu_s'] / result['wall_s'] * 100:.0f}% of one core)")
         print(f"simulated agents CPU     {result['client_cpu_s']:.2f} s (this process)")
-        print(f"collector RSS            idle {rss_idle:.1f} MB, end {rss_end:.1f} MB, peak (VmHWM) {hwm:.1f} MB")
+        print(f"collector RSS            idle {rss_idle:.1f} MB, all connected {result['rss_connected']:.1f} MB, "
+              f"end {rss_end:.1f} MB, peak (VmHWM) {hwm:.1f} MB")
         ok_time = result["all_done_s"] <= TARGET_ATTACH_S and result["attached"] == n
         print(f"target attach  <= {TARGET_ATTACH_S:g} s   {result['all_done_s'] / TARGET_ATTACH_S:.2f} x target "
               f"-> {'met' if ok_time else 'MISSED'}")
