@@ -47,9 +47,7 @@ therefore visible either completely or not at all.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -60,7 +58,13 @@ from typing import Any
 
 import grpc
 
-from hostdiag.agent.bundle.reader import BundleFormatError, ReadLimits, read_manifest_and_evidence, verify_bundle
+from hostdiag.agent.bundle.reader import (
+    BundleFormatError,
+    ReadLimits,
+    VerifyReport,
+    read_manifest_and_evidence,
+    verify_bundle,
+)
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.metrics import Counter
 from hostdiag.collector.signals.evidence import stored_evidence_json
@@ -72,7 +76,6 @@ __all__ = ["Ingest", "IngestLimits", "UploadResult", "IngestCounters"]
 log = logging.getLogger("hostdiag.collector.ingest")
 
 MAX_ID_CHARS = 128
-_IDLE_HASHERS = 64
 # Chunks are written without an fsync each; a stream fsyncs at least this often, so a
 # power loss costs the agent at most this much re-sending (a process crash costs nothing).
 SYNC_EVERY_BYTES = 16 * 1024 * 1024
@@ -110,8 +113,6 @@ class _State:
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
-        self.hasher: Any = None
-        self.hashed_bytes = 0
         self.streams = 0
         # The staging file's size as this collector last wrote it; None: ask the file.
         self.size: int | None = None
@@ -206,7 +207,6 @@ class Ingest:
         self.clock = clock
         self._executor = executor
         self._states: dict[str, _State] = {}
-        self._idle: collections.OrderedDict[str, _State] = collections.OrderedDict()
         self.active_streams = 0
         self._read_limits = ReadLimits(
             max_manifest_bytes=limits.max_manifest_bytes,
@@ -227,8 +227,7 @@ class Ingest:
     def _acquire_state(self, bundle_id: str) -> _State:
         state = self._states.get(bundle_id)
         if state is None:
-            state = self._idle.pop(bundle_id, None) or _State()
-            state.size = None  # no stream held it: the file is the truth again
+            state = _State()
             self._states[bundle_id] = state
         state.streams += 1
         return state
@@ -237,17 +236,10 @@ class Ingest:
         state.streams -= 1
         if state.streams == 0 and self._states.get(bundle_id) is state:
             del self._states[bundle_id]
-            if state.hasher is not None:
-                self._idle[bundle_id] = state
-                while len(self._idle) > _IDLE_HASHERS:
-                    self._idle.popitem(last=False)
 
     def _forget(self, bundle_id: str) -> None:
-        self._idle.pop(bundle_id, None)
         state = self._states.get(bundle_id)
         if state is not None:
-            state.hasher = None
-            state.hashed_bytes = 0
             state.size = None
 
     async def _discard(self, bundle_id: str) -> None:
@@ -411,33 +403,22 @@ class Ingest:
                     await self.store.put_upload(upload)
                     saved = True
                 if data or committed == 0:
-                    hasher = None
-                    if state.hasher is None and committed == 0:
-                        state.hasher, state.hashed_bytes = hashlib.sha256(), 0
-                    if state.hasher is not None and state.hashed_bytes == committed:
-                        hasher = state.hasher
-                    else:
-                        state.hasher = None
+                    # Not hashed here: the member check at finish reads the whole file anyway,
+                    # and hashes it on the way.
                     sync = state.unsynced_bytes + len(data) >= SYNC_EVERY_BYTES
                     state.size = None  # unknown until the write returns
                     try:
-                        committed = await self.staging.append(bundle_id, committed, data, hasher, sync)
+                        committed = await self.staging.append(bundle_id, committed, data, None, sync)
                     except ValueError:
                         # The file changed size under us (a write of a cancelled stream ended late).
-                        state.hasher = None
                         now_size = await self.staging.committed_size(bundle_id) or 0
                         raise self._reject(
                             grpc.StatusCode.OUT_OF_RANGE,
                             f"write_offset: expected {now_size} (the committed size), got {offset}",
                             "offset_mismatch",
                         ) from None
-                    except BaseException:
-                        state.hasher = None  # the file may hold part of the chunk: rehash at finish
-                        raise
                     state.size = committed
                     state.unsynced_bytes = 0 if sync else state.unsynced_bytes + len(data)
-                    if hasher is not None:
-                        state.hashed_bytes = committed
                     if data and self.counters.bytes_received is not None:
                         self.counters.bytes_received.inc(len(data))
                 data = b""
@@ -467,9 +448,16 @@ class Ingest:
         if not is_sha256(sha256):
             await self._discard(bundle_id)
             raise self._reject(bad, "sha256: must be 64 lowercase hex digits; upload discarded", "bad_sha256")
-        if state.hasher is not None and state.hashed_bytes == committed:
-            digest = state.hasher.hexdigest()
-        else:
+        path = self.staging.path(bundle_id)
+        loop = asyncio.get_running_loop()
+        # One pass reads every member (names, types, duplicates, count, each size and sha256
+        # against the manifest, so a bundle stored here is one a responder can unpack safely)
+        # and hashes the whole file on the way; that hash is checked first, so bytes damaged
+        # on the way are DATA_LOSS (send again), not a bad bundle.
+        report = await loop.run_in_executor(self._executor, self._verify, path)
+        if report.sha256 is not None and report.compressed_bytes == committed:
+            digest = report.sha256
+        else:  # the reader stopped early: hash the file on its own
             digest = await self.staging.sha256(bundle_id)
         if digest != sha256:
             await self._discard(bundle_id)
@@ -479,15 +467,13 @@ class Ingest:
                 "upload discarded, send the bundle again",
                 "sha256_mismatch",
             )
-        path = self.staging.path(bundle_id)
-        loop = asyncio.get_running_loop()
         try:
             manifest, evidence = await loop.run_in_executor(
                 self._executor, read_manifest_and_evidence, path, self._read_limits
             )
-            # Then every member: names, types, duplicates, count and each size and sha256
-            # against the manifest, so a bundle stored here is one a responder can unpack safely.
-            await loop.run_in_executor(self._executor, self._verify_members, path)
+            if not report.ok:
+                more = len(report.problems) - 1
+                raise BundleFormatError(report.problems[0] + (f" (and {more} more problems)" if more > 0 else ""))
         except BundleFormatError as exc:
             await self._discard(bundle_id)
             raise self._reject(bad, f"bad bundle: {exc}; upload discarded", "bad_bundle") from None
@@ -520,12 +506,9 @@ class Ingest:
         self._forget(bundle_id)
         return UploadResult(bundle_id, committed, True)
 
-    def _verify_members(self, path: str) -> None:
-        """Read the whole bundle within the caps; raise on its first problem."""
-        report = verify_bundle(path, limits=self._read_limits)
-        if not report.ok:
-            more = len(report.problems) - 1
-            raise BundleFormatError(report.problems[0] + (f" (and {more} more problems)" if more > 0 else ""))
+    def _verify(self, path: str) -> VerifyReport:
+        """Read the whole bundle within the caps: every member checked, the file hashed."""
+        return verify_bundle(path, limits=self._read_limits)
 
     def _manifest_text(self, path: str) -> str:
         """manifest.json exactly as the agent wrote it (the reader already checked it)."""
