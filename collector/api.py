@@ -23,6 +23,7 @@ from hostdiag.collector.auth import current_identity
 from hostdiag.collector.errors import CollectorError
 from hostdiag.collector.fleet import Fleet
 from hostdiag.collector.incidents import IncidentManager, IncidentView
+from hostdiag.collector.retention import expired_message
 from hostdiag.collector.signals.proto import suggestion_json_to_proto
 from hostdiag.collector.store.base import (
     BlobStore,
@@ -129,6 +130,7 @@ def bundle_to_proto(b: BundleRecord) -> bundle_pb2.Bundle:
         received_at_unix_ms=b.received_at_ms,
         profile=b.profile,
         trigger=b.trigger,
+        expired_at_unix_ms=b.expired_at_ms,
     )
 
 
@@ -254,6 +256,8 @@ class BundleServicer(bundle_pb2_grpc.BundleServiceServicer):
     async def DownloadBundle(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
         try:
             bundle = await self._bundle(request.bundle_id)
+            if bundle.expired_at_ms:
+                raise CollectorError(grpc.StatusCode.FAILED_PRECONDITION, expired_message(bundle))
             if request.offset < 0 or request.offset > bundle.size_bytes:
                 raise CollectorError(
                     grpc.StatusCode.OUT_OF_RANGE,

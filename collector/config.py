@@ -238,6 +238,22 @@ class CollectorSection:
         metadata={"choices": ("tokens", "none"),
                   "doc": "tokens: every API call needs a bearer token; none: no checks (loopback and insecure only)"},
     )
+    # Retention (docs/operations.md): bundle blobs of resolved incidents are deleted, rows kept.
+    retention_days: float = field(
+        default=30.0,
+        metadata={"min": 0, "max": 3650,
+                  "doc": "bundles received longer ago are expired (blob deleted) unless an unresolved incident "
+                         "holds them; 0: no age limit"},
+    )
+    retention_max_bytes: int = field(
+        default=0,
+        metadata={"size": True, "min": 0, "max": 1 << 50,
+                  "doc": "when kept bundles exceed this, the oldest not held by an unresolved incident are expired "
+                         "first; 0: no byte limit"},
+    )
+    retention_check_interval_s: float = field(
+        default=600.0, metadata={"min": 0.05, "max": 86400, "doc": "how often the retention bounds are applied"}
+    )
 
     def validate(self) -> None:
         for key in ("listen", "http_listen", "api_listen"):

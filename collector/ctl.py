@@ -634,6 +634,7 @@ def bundle_to_dict(b: bundle_pb2.Bundle) -> dict[str, Any]:
         "received_at_unix_ms": _ms_or_none(b.received_at_unix_ms),
         "profile": b.profile,
         "trigger": b.trigger,
+        "expired_at_unix_ms": _ms_or_none(b.expired_at_unix_ms),
     }
 
 
@@ -730,9 +731,10 @@ def render_bundle_list(bundles: Sequence[bundle_pb2.Bundle]) -> str:
     if not bundles:
         return "no bundles"
     rows = [(b.bundle_id, b.host_id, b.incident_id or "-", format_size(b.size_bytes),
-             format_time(b.created_at_unix_ms), format_time(b.received_at_unix_ms), b.trigger or "-")
+             format_time(b.created_at_unix_ms), format_time(b.received_at_unix_ms), b.trigger or "-",
+             f"expired {format_time(b.expired_at_unix_ms)}" if b.expired_at_unix_ms else "kept")
             for b in bundles]
-    return format_table(("BUNDLE", "HOST", "INCIDENT", "SIZE", "CREATED", "RECEIVED", "TRIGGER"), rows)
+    return format_table(("BUNDLE", "HOST", "INCIDENT", "SIZE", "CREATED", "RECEIVED", "TRIGGER", "STATE"), rows)
 
 
 def manifest_summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -1209,6 +1211,11 @@ def cmd_bundle_show(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_bundle_download(args: argparse.Namespace, ctx: Context) -> int:
     bundle, _manifest = ctx.client.get_bundle(args.id)
+    if bundle.expired_at_unix_ms:
+        raise CtlError(
+            f"bundle {args.id} not saved: it expired by retention at {format_time(bundle.expired_at_unix_ms)} "
+            "(its bytes were deleted; 'collectorctl bundle show' still has its metadata)", EXIT_FAILED,
+        )
     target = target_path(args.output, bundle, args.id)
     progress = ProgressBar(ctx.err, bundle.size_bytes, enabled=ctx.interactive)
     try:

@@ -64,9 +64,7 @@ async def _amain(config: CollectorConfig, ready_file: str | None) -> int:
         await collector.stop(0)
         raise
     try:
-        api = f", API on {collector.api_address}" if collector.api_address else ""
-        print(f"hostdiag-collector: gRPC on {collector.grpc_address}{api}, HTTP on {collector.http_address}",
-              file=sys.stderr, flush=True)
+        # stderr carries only JSON log lines: the "collector serving" event names the addresses.
         if ready_file:
             write_ready_file(ready_file, collector)
         await stop.wait()

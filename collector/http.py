@@ -33,12 +33,14 @@ import contextlib
 import email.utils
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hostdiag.agent.bundle.writer import bundle_file_name
 from hostdiag.collector.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hostdiag.collector.retention import expired_message
 from hostdiag.collector.store.base import BlobStore, MetadataStore
 from hostdiag.collector.store.blobs import is_bundle_id
 
@@ -55,7 +57,7 @@ _TARGET = re.compile(r"/[\x21-\x7e]*")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _REASONS = {
     200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 410: "Gone", 408: "Request Timeout", 411: "Length Required",
     413: "Content Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
     422: "Unprocessable Content",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
@@ -225,8 +227,11 @@ class HttpServer:
         max_connections: int = 256,
         body_routes: Mapping[str, BodyRoute] | None = None,
         authorize_bundle: Callable[[Request, str], Awaitable[None]] | None = None,
+        observe: Callable[[str, str, int, float], None] | None = None,
     ) -> None:
         self.body_routes = dict(body_routes or {})
+        # Called once per answered request with (route, method, status, seconds) for the latency metrics.
+        self.observe = observe
         # Sees every bundle request (and the bundle id) first; refuses by raising HttpError.
         self.authorize_bundle = authorize_bundle
         self.store = store
@@ -301,6 +306,7 @@ class HttpServer:
             if isinstance(peer, tuple) and len(peer) >= 2:
                 request.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
             body_read = True
+            started = time.perf_counter()
             try:
                 route = self.body_routes.get(request.path)
                 if route is not None:
@@ -313,12 +319,25 @@ class HttpServer:
                 log.exception("http handler failed", extra={"event": "http_handler_error", "path": request.path})
                 response = self._error(500, "internal error")
             keep = request.keep_alive and response.status < 500 and body_read
-            await self._send(writer, response, head_only=request.method == "HEAD", close=not keep,
-                             version=request.version)
+            try:
+                await self._send(writer, response, head_only=request.method == "HEAD", close=not keep,
+                                 version=request.version)
+            finally:
+                if self.observe is not None:
+                    self.observe(self.route_label(request.path), request.method, response.status,
+                                 time.perf_counter() - started)
             if not keep:
                 return
 
     # -- routing --------------------------------------------------------------------------
+    def route_label(self, path: str) -> str:
+        """The route a path belongs to, as a bounded metric label (never the bundle id)."""
+        if path in ("/healthz", "/metrics") or path in self.body_routes:
+            return path
+        if path.startswith("/api/v1/bundles/"):
+            return "/api/v1/bundles/{id}"
+        return "other"
+
     @staticmethod
     def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> _Response:
         body = (reason + "\n").encode()
@@ -373,6 +392,8 @@ class HttpServer:
         bundle = await self.store.get_bundle(bundle_id)
         if bundle is None:
             raise HttpError(404, f"no bundle with id {bundle_id}")
+        if bundle.expired_at_ms:
+            raise HttpError(410, expired_message(bundle))
         size = bundle.size_bytes
         name = bundle_file_name(bundle.host_id, (bundle.created_at_ms or bundle.received_at_ms) / 1000, bundle_id)
         headers = {

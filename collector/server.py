@@ -58,7 +58,9 @@ from hostdiag.collector.fleet import Fleet
 from hostdiag.collector.http import BodyRoute, HttpServer, Request
 from hostdiag.collector.incidents import IncidentManager
 from hostdiag.collector.ingest import Ingest, IngestCounters, IngestLimits
+from hostdiag.collector.grpc_metrics import LatencyInterceptor
 from hostdiag.collector.metrics import Registry
+from hostdiag.collector.retention import Retention
 from hostdiag.collector.runbook import RunbookClock, RunbookPolicy
 from hostdiag.collector.signals.engine import SignalEngine
 from hostdiag.collector.signals.rules import load_rules
@@ -116,6 +118,7 @@ class Collector:
         self.metrics = Registry()
         self._counts: dict[str, dict[str, int]] = {"incidents": {}, "requests": {}}
         self._overdue = 0
+        self._incidents_by_severity: dict[tuple[str, int], int] = {}
         self.notifier: WebhookNotifier | None = None
         self._define_metrics()
         self.incidents = IncidentManager(
@@ -197,6 +200,12 @@ class Collector:
             max_connections=c.http_max_connections,
             body_routes=body_routes,
             authorize_bundle=self._authorize_bundle if self.auth is not None else None,
+            observe=lambda route, method, status, seconds: self._http_latency.observe(
+                seconds, route=route, method=method, status=str(status)),
+        )
+        self.retention = Retention(
+            self.store, self.blobs, retention_days=c.retention_days, max_bytes=c.retention_max_bytes, clock=clock,
+            expired_bundles=self._expired_bundles, expired_bytes=self._expired_bytes,
         )
         self.server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -219,8 +228,8 @@ class Collector:
         m = self.metrics
         m.gauge("hostdiag_collector_agents_connected", "Agents with an open control stream.",
                 callback=lambda: float(len(self.fleet)))
-        m.gauge("hostdiag_collector_incidents", "Incidents by state.", ["state"],
-                callback=lambda: {(s,): float(self._counts["incidents"].get(s, 0)) for s in IncidentStates.ALL})
+        m.gauge("hostdiag_collector_incidents", "Incidents by state and severity (P1-P4).", ["state", "severity"],
+                callback=self._incident_samples)
         m.gauge("hostdiag_collector_snapshot_requests", "Host snapshot requests by state.", ["state"],
                 callback=lambda: {(s,): float(self._counts["requests"].get(s, 0)) for s in RequestStates.ALL})
         m.gauge("hostdiag_collector_uploads_active", "Upload streams being served.",
@@ -244,13 +253,39 @@ class Collector:
         )
         m.gauge("hostdiag_collector_escalation_webhook_queue_length", "Escalations waiting for the webhook.",
                 callback=lambda: float(len(self.notifier)) if self.notifier is not None else 0.0)
+        m.counter("hostdiag_collector_signal_evaluations_total", "Incident severity signal evaluations run.",
+                  callback=lambda: float(self.signals.evaluations))
+        self._grpc_latency = m.histogram(
+            "hostdiag_collector_grpc_request_duration_seconds", "gRPC call duration by method and status code.",
+            ["method", "code"],
+        )
+        self._http_latency = m.histogram(
+            "hostdiag_collector_http_request_duration_seconds", "HTTP request duration by route, method and status.",
+            ["route", "method", "status"],
+        )
+        self._expired_bundles = m.counter(
+            "hostdiag_collector_bundles_expired_total", "Bundles whose blob retention deleted (the row stays)."
+        )
+        self._expired_bytes = m.counter(
+            "hostdiag_collector_bundle_bytes_expired_total", "Bundle bytes retention deleted."
+        )
         self._alertmanager_results = m.counter(
             "hostdiag_collector_alertmanager_notifications_total",
             "Alertmanager notifications by result (opened, updated, resolved, unchanged, ignored, rejected).",
             ["result"],
         )
 
+    def _incident_samples(self) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {
+            (state, f"P{n}"): 0.0 for state in IncidentStates.ALL for n in (1, 2, 3, 4)
+        }
+        for (state, severity), count in self._incidents_by_severity.items():
+            key = (state, f"P{severity}" if 1 <= severity <= 4 else "none")
+            out[key] = out.get(key, 0.0) + float(count)
+        return out
+
     async def render_metrics(self) -> str:
+        self._incidents_by_severity = await self.store.count_incidents_by_severity()
         self._counts["incidents"] = await self.store.count_incidents()
         self._counts["requests"] = await self.store.count_requests()
         self._overdue = await self.runbook.count_overdue()
@@ -307,7 +342,9 @@ class Collector:
                 "every bundle and open, change or resolve incidents; use it only for development and tests",
                 extra={"event": "auth_disabled"},
             )
-        interceptors = [AuthInterceptor(self.auth)] if self.auth is not None else []
+        interceptors: list[Any] = [LatencyInterceptor(self._grpc_latency)]
+        if self.auth is not None:
+            interceptors.append(AuthInterceptor(self.auth))
         server = grpc.aio.server(options=grpc_server_options(self.config), interceptors=interceptors)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent_servicer, server)
         incident_pb2_grpc.add_IncidentServiceServicer_to_server(IncidentServicer(self.incidents), server)
@@ -334,6 +371,7 @@ class Collector:
             asyncio.create_task(self.incidents.run_expiry(c.expiry_check_interval_s), name="request-expiry"),
             asyncio.create_task(self.ingest.run_sweeper(min(3600.0, c.upload_retention_s / 4)), name="upload-sweep"),
             asyncio.create_task(self.runbook.run(c.runbook_check_interval_s), name="runbook-clock"),
+            asyncio.create_task(self.retention.run(c.retention_check_interval_s), name="retention"),
         ]
         if self.notifier is not None:
             await self.runbook.resend_unnotified()

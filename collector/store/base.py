@@ -142,6 +142,8 @@ class BundleRecord:
     # evidence.json as kept for the signal rules: publish_bundle writes it to its own
     # table; bundle reads leave it empty (see evidence_for_incident).
     evidence_json: str = ""
+    # When retention deleted the bundle's blob (the row stays); 0 while it is kept.
+    expired_at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,18 @@ class MetadataStore(Protocol):
 
     async def count_requests(self) -> dict[str, int]:
         """Number of host requests in each state."""
+        ...
+
+    async def count_incidents_by_severity(self) -> dict[tuple[str, int], int]:
+        """Incident counts by (state, severity)."""
+        ...
+
+    async def retention_candidates(self) -> list[tuple[BundleRecord, bool]]:
+        """Bundles whose blob is kept, oldest first, each with whether an unresolved incident holds it."""
+        ...
+
+    async def expire_bundles(self, bundle_ids: Sequence[str], at_ms: int) -> tuple[list[BundleRecord], list[str]]:
+        """Mark bundles expired (never a held one) with timeline events; (expired, digests to delete)."""
         ...
 
     async def referenced_digests(self) -> set[str]:

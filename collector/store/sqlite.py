@@ -289,6 +289,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
         """,
     ),
+    (
+        5,
+        # Retention: a bundle whose blob was deleted keeps its row (and its incident's
+        # history); expired_at_ms says when.  0 = the blob is kept.
+        """
+        ALTER TABLE bundles ADD COLUMN expired_at_ms INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX bundles_live ON bundles (expired_at_ms, received_at_ms);
+        CREATE INDEX host_requests_bundle ON host_requests (bundle_id) WHERE bundle_id != '';
+        """,
+    ),
 ]
 
 
@@ -423,6 +433,7 @@ def _bundle(row: sqlite3.Row) -> BundleRecord:
         profile=row["profile"],
         trigger=row["trigger"],
         manifest_json=row["manifest_json"],
+        expired_at_ms=row["expired_at_ms"],
     )
 
 
@@ -1070,9 +1081,78 @@ class SqliteMetadataStore:
             lambda: {r[0]: r[1] for r in self.conn.execute("SELECT state, COUNT(*) FROM host_requests GROUP BY state")}
         )
 
+    async def count_incidents_by_severity(self) -> dict[tuple[str, int], int]:
+        return await self._run(
+            lambda: {
+                (r[0], r[1]): r[2]
+                for r in self.conn.execute("SELECT state, severity, COUNT(*) FROM incidents GROUP BY state, severity")
+            }
+        )
+
+    # -- retention -----------------------------------------------------------------------
+    _HELD = """EXISTS (SELECT 1 FROM incidents i WHERE i.state != 'resolved' AND (i.id = b.incident_id
+                   OR i.id IN (SELECT r.incident_id FROM host_requests r WHERE r.bundle_id = b.bundle_id)))"""
+
+    async def retention_candidates(self) -> list[tuple[BundleRecord, bool]]:
+        """Every bundle whose blob is kept, oldest received first, with whether it is held.
+
+        Held: attached (as its incident's bundle or through a host request) to an
+        incident that is not resolved.  Retention never expires a held bundle.
+        """
+
+        def read() -> list[tuple[BundleRecord, bool]]:
+            rows = self.conn.execute(
+                f"""SELECT b.*, {self._HELD} AS held FROM bundles b WHERE b.expired_at_ms = 0
+                    ORDER BY b.received_at_ms, b.bundle_id"""
+            )
+            return [(_bundle(r), bool(r["held"])) for r in rows]
+
+        return await self._run(read)
+
+    def _expire_bundles(self, bundle_ids: Sequence[str], at_ms: int) -> tuple[list[BundleRecord], list[str]]:
+        def tx(c: sqlite3.Connection) -> tuple[list[BundleRecord], list[str]]:
+            expired: list[BundleRecord] = []
+            for bundle_id in bundle_ids:
+                held = c.execute(
+                    f"SELECT {self._HELD} FROM bundles b WHERE b.bundle_id = ? AND b.expired_at_ms = 0", (bundle_id,)
+                ).fetchone()
+                if held is None or held[0]:
+                    continue  # already expired, gone, or held since it was chosen
+                c.execute("UPDATE bundles SET expired_at_ms = ? WHERE bundle_id = ?", (at_ms, bundle_id))
+                row = c.execute("SELECT * FROM bundles WHERE bundle_id = ?", (bundle_id,)).fetchone()
+                bundle = _bundle(row)
+                expired.append(bundle)
+                incidents = {bundle.incident_id} if bundle.incident_id else set()
+                incidents.update(
+                    r[0] for r in c.execute("SELECT incident_id FROM host_requests WHERE bundle_id = ?", (bundle_id,))
+                )
+                self._insert_events(c, [
+                    TimelineEventRecord(
+                        incident_id=incident_id, at_ms=at_ms, kind="bundle_expired", host_id=bundle.host_id,
+                        message=f"bundle {bundle_id} expired by retention ({bundle.size_bytes} bytes deleted)",
+                        actor="retention",
+                    )
+                    for incident_id in sorted(incidents)
+                    if c.execute("SELECT 1 FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+                ])
+            # Blobs no kept bundle still points at (content-addressed: two rows may share one).
+            digests = sorted({
+                b.sha256 for b in expired
+                if c.execute("SELECT 1 FROM bundles WHERE sha256 = ? AND expired_at_ms = 0", (b.sha256,)).fetchone()
+                is None
+            })
+            return expired, digests
+
+        return self._write(tx)
+
+    async def expire_bundles(self, bundle_ids: Sequence[str], at_ms: int) -> tuple[list[BundleRecord], list[str]]:
+        """Mark bundles expired (skipping held ones) with a timeline event on each incident they
+        are attached to, in one transaction; the expired bundles and the blob digests to delete."""
+        return await self._run(self._expire_bundles, list(bundle_ids), at_ms)
+
     async def referenced_digests(self) -> set[str]:
         def read() -> set[str]:
-            out = {r[0] for r in self.conn.execute("SELECT sha256 FROM bundles")}
+            out = {r[0] for r in self.conn.execute("SELECT sha256 FROM bundles WHERE expired_at_ms = 0")}
             for r in self.conn.execute("SELECT bundle_json FROM uploads WHERE bundle_json IS NOT NULL"):
                 out.add(orjson.loads(r[0])["sha256"])
             return out

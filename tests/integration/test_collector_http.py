@@ -176,7 +176,7 @@ def test_healthz_metrics_and_strictness(tmp_path: Path) -> None:
             assert f"hostdiag_collector_bundle_bytes_received_total {len(data)}" in lines
             assert 'hostdiag_collector_upload_rejections_total{reason="invalid_bundle_id"} 1' in lines
             assert "hostdiag_collector_agents_connected 0" in lines
-            assert 'hostdiag_collector_incidents{state="open"} 0' in lines
+            assert 'hostdiag_collector_incidents{state="open",severity="P1"} 0' in lines
             assert 'hostdiag_collector_snapshot_requests{state="requested"} 0' in lines
 
             status, h, _ = await get(c, "/metrics", method="POST")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hostdiag/v1/bundle.proto\x12\x0bhostdiag.v1\"\xe7\x01\n\x06\x42undle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x07 \x01(\x03\x12\x1b\n\x13received_at_unix_ms\x18\x08 \x01(\x03\x12\x0f\n\x07profile\x18\t \x01(\t\x12\x0f\n\x07trigger\x18\n \x01(\t\x12\x11\n\tfile_name\x18\x0b \x01(\t\"I\n\x12ListBundlesRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\";\n\x13ListBundlesResponse\x12$\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x13.hostdiag.v1.Bundle\"%\n\x10GetBundleRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"O\n\x11GetBundleResponse\x12#\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.hostdiag.v1.Bundle\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\":\n\x15\x44ownloadBundleRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"6\n\x16\x44ownloadBundleResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\x8a\x02\n\rBundleService\x12P\n\x0bListBundles\x12\x1f.hostdiag.v1.ListBundlesRequest\x1a .hostdiag.v1.ListBundlesResponse\x12J\n\tGetBundle\x12\x1d.hostdiag.v1.GetBundleRequest\x1a\x1e.hostdiag.v1.GetBundleResponse\x12[\n\x0e\x44ownloadBundle\x12\".hostdiag.v1.DownloadBundleRequest\x1a#.hostdiag.v1.DownloadBundleResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hostdiag/v1/bundle.proto\x12\x0bhostdiag.v1\"\x83\x02\n\x06\x42undle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0bincident_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x1a\n\x12\x63reated_at_unix_ms\x18\x07 \x01(\x03\x12\x1b\n\x13received_at_unix_ms\x18\x08 \x01(\x03\x12\x0f\n\x07profile\x18\t \x01(\t\x12\x0f\n\x07trigger\x18\n \x01(\t\x12\x11\n\tfile_name\x18\x0b \x01(\t\x12\x1a\n\x12\x65xpired_at_unix_ms\x18\x0c \x01(\x03\"I\n\x12ListBundlesRequest\x12\x13\n\x0bincident_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\";\n\x13ListBundlesResponse\x12$\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x13.hostdiag.v1.Bundle\"%\n\x10GetBundleRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"O\n\x11GetBundleResponse\x12#\n\x06\x62undle\x18\x01 \x01(\x0b\x32\x13.hostdiag.v1.Bundle\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\":\n\x15\x44ownloadBundleRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"6\n\x16\x44ownloadBundleResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\x8a\x02\n\rBundleService\x12P\n\x0bListBundles\x12\x1f.hostdiag.v1.ListBundlesRequest\x1a .hostdiag.v1.ListBundlesResponse\x12J\n\tGetBundle\x12\x1d.hostdiag.v1.GetBundleRequest\x1a\x1e.hostdiag.v1.GetBundleResponse\x12[\n\x0e\x44ownloadBundle\x12\".hostdiag.v1.DownloadBundleRequest\x1a#.hostdiag.v1.DownloadBundleResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hostdiag.v1.bundle_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BUNDLE']._serialized_start=42
-  _globals['_BUNDLE']._serialized_end=273
-  _globals['_LISTBUNDLESREQUEST']._serialized_start=275
-  _globals['_LISTBUNDLESREQUEST']._serialized_end=348
-  _globals['_LISTBUNDLESRESPONSE']._serialized_start=350
-  _globals['_LISTBUNDLESRESPONSE']._serialized_end=409
-  _globals['_GETBUNDLEREQUEST']._serialized_start=411
-  _globals['_GETBUNDLEREQUEST']._serialized_end=448
-  _globals['_GETBUNDLERESPONSE']._serialized_start=450
-  _globals['_GETBUNDLERESPONSE']._serialized_end=529
-  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_start=531
-  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_end=589
-  _globals['_DOWNLOADBUNDLERESPONSE']._serialized_start=591
-  _globals['_DOWNLOADBUNDLERESPONSE']._serialized_end=645
-  _globals['_BUNDLESERVICE']._serialized_start=648
-  _globals['_BUNDLESERVICE']._serialized_end=914
+  _globals['_BUNDLE']._serialized_end=301
+  _globals['_LISTBUNDLESREQUEST']._serialized_start=303
+  _globals['_LISTBUNDLESREQUEST']._serialized_end=376
+  _globals['_LISTBUNDLESRESPONSE']._serialized_start=378
+  _globals['_LISTBUNDLESRESPONSE']._serialized_end=437
+  _globals['_GETBUNDLEREQUEST']._serialized_start=439
+  _globals['_GETBUNDLEREQUEST']._serialized_end=476
+  _globals['_GETBUNDLERESPONSE']._serialized_start=478
+  _globals['_GETBUNDLERESPONSE']._serialized_end=557
+  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_start=559
+  _globals['_DOWNLOADBUNDLEREQUEST']._serialized_end=617
+  _globals['_DOWNLOADBUNDLERESPONSE']._serialized_start=619
+  _globals['_DOWNLOADBUNDLERESPONSE']._serialized_end=673
+  _globals['_BUNDLESERVICE']._serialized_start=676
+  _globals['_BUNDLESERVICE']._serialized_end=942
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Bundle(_message.Message):
-    __slots__ = ("bundle_id", "host_id", "incident_id", "request_id", "size_bytes", "sha256", "created_at_unix_ms", "received_at_unix_ms", "profile", "trigger", "file_name")
+    __slots__ = ("bundle_id", "host_id", "incident_id", "request_id", "size_bytes", "sha256", "created_at_unix_ms", "received_at_unix_ms", "profile", "trigger", "file_name", "expired_at_unix_ms")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Bundle(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     host_id: str
     incident_id: str
@@ -30,7 +31,8 @@ class Bundle(_message.Message):
     profile: str
     trigger: str
     file_name: str
-    def __init__(self, bundle_id: _Optional[str] = ..., host_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., request_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., received_at_unix_ms: _Optional[int] = ..., profile: _Optional[str] = ..., trigger: _Optional[str] = ..., file_name: _Optional[str] = ...) -> None: ...
+    expired_at_unix_ms: int
+    def __init__(self, bundle_id: _Optional[str] = ..., host_id: _Optional[str] = ..., incident_id: _Optional[str] = ..., request_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., created_at_unix_ms: _Optional[int] = ..., received_at_unix_ms: _Optional[int] = ..., profile: _Optional[str] = ..., trigger: _Optional[str] = ..., file_name: _Optional[str] = ..., expired_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ListBundlesRequest(_message.Message):
     __slots__ = ("incident_id", "host_id", "limit")

@@ -358,9 +358,9 @@ def test_bundle_list_and_filters() -> None:
     result = run("bundle", "list", "--incident", "inc-abcdefgh", "--host", "web-1", "--limit", "3")
     assert result.client.calls == [("list_bundles", ("inc-abcdefgh", "web-1", 3))]
     header, row = result.out.splitlines()
-    assert header.split() == ["BUNDLE", "HOST", "INCIDENT", "SIZE", "CREATED", "RECEIVED", "TRIGGER"]
+    assert header.split() == ["BUNDLE", "HOST", "INCIDENT", "SIZE", "CREATED", "RECEIVED", "TRIGGER", "STATE"]
     assert row.split() == ["01890a5d-ac96-774b-bcce-b302099a8057", "web-1", "inc-abcdefgh", "3.0", "MiB",
-                           "2025-11-24T16:00:00Z", "2025-11-24T16:00:02Z", "collector"]
+                           "2025-11-24T16:00:00Z", "2025-11-24T16:00:02Z", "collector", "kept"]
     assert run("bundle", "list", client=FakeClient(bundles=[])).out == "no bundles\n"
     assert run("bundle", "list", "--json", client=FakeClient(bundles=[])).out == "[]\n"
 
