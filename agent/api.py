@@ -4,6 +4,8 @@
 ``"event": "done"`` or ``"event": "error"``.  Requests:
 
 * ``{"op": "status"}`` -> one ``done`` line with the agent's status;
+* ``{"op": "metrics"}`` -> one ``done`` line whose ``metrics`` is the same
+  status in the Prometheus text format (``agent/metrics.py``);
 * ``{"op": "collect", "profile": "default", "window_s": 300, "incident_id": null}``
   -> ``source_started`` / ``source_finished`` progress lines, then ``done``
   with the bundle (path, id, size, sha256) or ``error``.
@@ -25,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+from hostdiag.agent.metrics import CONTENT_TYPE, render_metrics
 
 __all__ = ["LocalApiServer", "ApiError", "MAX_REQUEST_BYTES", "MAX_WAITING_COLLECTS"]
 
@@ -100,10 +104,12 @@ class LocalApiServer:
             op = request.get("op")
             if op == "status":
                 send({"event": "done", "status": self._status()})
+            elif op == "metrics":
+                send({"event": "done", "metrics": render_metrics(self._status()), "content_type": CONTENT_TYPE})
             elif op == "collect":
                 await self._do_collect(request, send)
             else:
-                send({"event": "error", "message": f"unknown op {op!r} (known: status, collect)"})
+                send({"event": "error", "message": f"unknown op {op!r} (known: status, metrics, collect)"})
             await writer.drain()
         except (ConnectionError, BrokenPipeError):
             pass  # the caller went away; nothing to tell

@@ -6,6 +6,8 @@
   ``recorder: none``.
 * ``agentctl inspect BUNDLE`` — verify every member's hash and summarize.
 * ``agentctl status`` — is the agent up, recorder depth, tailed files.
+* ``agentctl metrics`` — the running agent's metrics in the Prometheus text
+  format (for node_exporter's textfile collector or a quick look).
 
 Exit status: 0 success; 1 the bundle could not be written or did not verify,
 or the agent is not running (status); 2 usage or configuration errors.
@@ -285,6 +287,29 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"agentctl: {exc}", file=err)
+        return EXIT_USAGE
+    socket_path = args.socket or config.socket_path
+    try:
+        events = list(AgentClient(socket_path, timeout_s=10).request({"op": "metrics"}))
+    except AgentUnavailable as exc:
+        print(f"agentctl: agent not running ({exc})", file=err)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"agentctl: cannot reach the agent at {socket_path}: {exc}", file=err)
+        return EXIT_FAILED
+    last = events[-1] if events else {}
+    if last.get("event") != "done" or not isinstance(last.get("metrics"), str):
+        print(f"agentctl: the agent did not send metrics: {last.get('message', 'no answer')}", file=err)
+        return EXIT_FAILED
+    out.write(last["metrics"])
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from hostdiag.agent.inspect import run_inspect
 
@@ -317,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="is the agent up; recorder and tailing state")
     common(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="the agent's metrics in the Prometheus text format")
+    p.add_argument("--config", metavar="PATH", help="agent config file (default: built-in defaults)")
+    p.add_argument("--socket", metavar="PATH", help="agent socket (default: from the config)")
+    p.set_defaults(func=cmd_metrics)
     return parser
 
 
