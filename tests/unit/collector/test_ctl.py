@@ -825,3 +825,15 @@ def test_ctrl_c_during_a_download_leaves_nothing(real_bundle: RealBundle, out_di
     result = run("bundle", "download", "b", "-o", str(out_dir / "b"), client=Interrupted(real_bundle))
     assert (result.code, result.err) == (130, "collectorctl: interrupted\n")
     assert files(out_dir) == []
+
+
+def test_expired_bundle_is_listed_as_expired_and_not_downloaded(tmp_path: Path) -> None:
+    expired = make_bundle_record(expired_at_unix_ms=NOW_MS + 86_400_000)
+    listing = run("bundle", "list", client=FakeClient(bundles=[expired]))
+    assert listing.out.splitlines()[1].split()[-2:] == ["expired", "2025-11-25T16:00:00Z"]
+    assert run("bundle", "list", "--json", client=FakeClient(bundles=[expired])).json()[0]["expired_at_unix_ms"]
+    target = tmp_path / "b.tar.zst"
+    result = run("bundle", "download", expired.bundle_id, "-o", str(target), client=FakeClient(bundles=[expired]))
+    assert result.code == 1
+    assert "expired by retention at 2025-11-25T16:00:00Z" in result.err
+    assert not target.exists()
