@@ -437,7 +437,8 @@ class IncidentManager:
                 ))
                 continue
             last = await self.store.list_bundles("", req.host_id, 1)
-            if last and now - last[0].received_at_ms < self.snapshot_min_interval_s * 1000:
+            # An expired bundle (retention deleted its bytes) is no evidence to share: ask the host.
+            if last and not last[0].expired_at_ms and now - last[0].received_at_ms < self.snapshot_min_interval_s * 1000:
                 bundle = last[0]
                 source = (
                     f"request {bundle.request_id} of incident {bundle.incident_id}"

@@ -208,3 +208,21 @@ def test_an_interval_of_zero_turns_the_rate_limit_off(tmp_path: Path, clock: Any
         assert await env.messages(second, "coalesced") == []
 
     run(tmp_path, clock, body, interval_s=0)
+
+
+def test_a_recent_bundle_that_retention_expired_is_not_shared(tmp_path: Path, clock: Any) -> None:
+    async def body(env: Env) -> None:
+        session = env.connect()
+        first = await env.open("web-1")
+        leader = await env.request(first)
+        drain(session)
+        bundle_id = await env.publish(leader.request_id)
+        await env.incidents.resolve(first)  # no longer held: retention may expire its bundle
+        expired, _digests = await env.store.expire_bundles([bundle_id], env.incidents.now_ms())
+        assert [b.bundle_id for b in expired] == [bundle_id]
+
+        second = await env.open("web-1")
+        assert drain(session) == [(await env.request(second)).request_id], "the host is asked for a new bundle"
+        assert await env.messages(second, "coalesced") == []
+
+    run(tmp_path, clock, body)
