@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import uuid
+from pathlib import Path
 
+import grpc
+from grpc import aio
+
+from hostdiag.agent.bundle import BundleWriter
+from hostdiag.collector.config import CollectorConfig, CollectorSection
 from hostdiag.collector.metrics import Registry
 from hostdiag.collector.retention import Retention
+from hostdiag.collector.server import Collector
 from hostdiag.collector.store.base import BundleRecord, HostRequestRecord, IncidentRecord
 from hostdiag.collector.store.blobs import FileBlobStore
 from hostdiag.collector.store.sqlite import SqliteMetadataStore
+from hostdiag.v1 import agent_pb2 as apb
+from hostdiag.v1 import agent_pb2_grpc, bundle_pb2, bundle_pb2_grpc
 
 DAY_MS = 86_400_000
 NOW_MS = 1_800_000_000_000
@@ -142,3 +152,62 @@ async def _test_no_bounds_keeps_everything(env) -> None:
     r, _ = retention(store, blobs, Clock(NOW_MS), days=0, max_bytes=0)
     assert (await r.run_once()).expired_bundles == 0
     assert await blobs.exists(b.sha256)
+
+
+def test_an_expired_bundle_through_the_real_collector(tmp_path) -> None:
+    """Retention in a running collector: 410 on HTTP, FAILED_PRECONDITION on gRPC, listed as expired, counted."""
+    out = tmp_path / "agent"
+    out.mkdir()
+    writer = BundleWriter(str(out), host_id="web-1", max_member_bytes=1 << 30, max_bundle_bytes=1 << 30)
+    with writer:
+        with writer.open("filler.bin") as member:
+            member.write(os.urandom(4096))
+        info = writer.finish({"trigger": "agentctl"}, {"schema_version": 1})
+    data = Path(info.path).read_bytes()
+    clock = Clock(NOW_MS)
+
+    async def http_status(address: str, path: str) -> int:
+        host, port = address.rsplit(":", 1)
+        reader, w = await asyncio.open_connection(host, int(port))
+        w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        await w.drain()
+        head = await asyncio.wait_for(reader.read(), 15)
+        w.close()
+        return int(head.split(b" ", 2)[1])
+
+    async def main() -> None:
+        cfg = CollectorConfig(collector=CollectorSection(
+            listen="127.0.0.1:0", http_listen="127.0.0.1:0", auth="none", data_dir=str(tmp_path / "data")))
+        collector = Collector(cfg, clock=clock)
+        await collector.start()
+        try:
+            async def upload():
+                yield apb.UploadRequest(bundle_id=info.bundle_id, write_offset=0, data=data, finish_write=True,
+                                        total_size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+            async with aio.insecure_channel(collector.grpc_address) as ch:
+                assert (await agent_pb2_grpc.AgentServiceStub(ch).Upload(upload())).complete
+                path = f"/api/v1/bundles/{info.bundle_id}"
+                assert await http_status(collector.http_address, path) == 200
+
+                clock.ms += 31 * DAY_MS
+                assert (await collector.retention.run_once()).expired_bundles == 1
+
+                assert await http_status(collector.http_address, path) == 410
+                stub = bundle_pb2_grpc.BundleServiceStub(ch)
+                call = stub.DownloadBundle(bundle_pb2.DownloadBundleRequest(bundle_id=info.bundle_id))
+                try:
+                    async for _ in call:
+                        raise AssertionError("an expired bundle sent bytes")
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    assert "expired by retention" in exc.details()
+                [listed] = (await stub.ListBundles(bundle_pb2.ListBundlesRequest())).bundles
+                assert listed.expired_at_unix_ms == clock.ms
+                metrics = (await collector.render_metrics()).splitlines()
+                assert "hostdiag_collector_bundles_expired_total 1" in metrics
+                assert f"hostdiag_collector_bundle_bytes_expired_total {len(data)}" in metrics
+        finally:
+            await collector.stop(0.5)
+
+    asyncio.run(main())
