@@ -91,7 +91,7 @@ _Outcome = tuple[_Call, Any, BaseException | None]
 
 def _settle(outcomes: list[_Outcome]) -> None:
     for call, result, exc in outcomes:
-        if call.future.cancelled():
+        if call.future.done():  # cancelled by its caller, or already answered
             continue
         if exc is None:
             call.future.set_result(result)
@@ -509,7 +509,11 @@ class SqliteMetadataStore:
                     stop = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - the thread must outlive any one batch
+                # Whatever was not answered yet gets the error (answered calls are skipped).
+                _answer([(c, None, exc) for c in batch])
             if stop:
                 return
 
@@ -520,7 +524,11 @@ class SqliteMetadataStore:
                 if call.alone:
                     held = self._commit(held)
                 elif not self._in_batch and self._conn is not None:
-                    self._conn.execute("BEGIN")
+                    try:
+                        self._conn.execute("BEGIN")
+                    except BaseException as exc:  # noqa: BLE001 - e.g. a disk error: this call fails
+                        _answer([(call, None, exc)])
+                        continue
                     self._in_batch, self._wrote = True, False
                 try:
                     outcome: _Outcome = (call, call.fn(*call.args), None)
