@@ -65,7 +65,7 @@ __all__ = ["SqliteMetadataStore", "MIGRATIONS", "SchemaError", "MAX_BATCH_CALLS"
 
 T = TypeVar("T")
 
-# Most store calls one transaction (one fsync) carries.
+# At most this many store calls share one transaction (and its one fsync).
 MAX_BATCH_CALLS = 256
 
 
