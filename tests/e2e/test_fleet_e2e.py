@@ -177,9 +177,9 @@ def _rss(pid: int) -> int:
 
 def test_collector_outage_spool_holds_bundles_memory_flat_all_arrive(tmp_path: Path, cli, collector, start_agent, wait_for) -> None:
     log_file = tmp_path / "big.log"
-    _big_log(log_file, 2)
+    _big_log(log_file, 4)
     cfg = agent_config(cli, tmp_path, collector, extra=f'[[logs]]\npath = "{log_file}"\n')
-    cfg.write_text(cfg.read_text().replace("[recorder]\n", '[recorder]\nlog_ring_bytes = "4 MiB"\n'))
+    cfg.write_text(cfg.read_text().replace("[recorder]\n", '[recorder]\nlog_ring_bytes = "8 MiB"\n'))
     agent = start_agent(cfg)
     wait_for(lambda: connected(collector), what="agent connected")
     wait_for(lambda: any(f.get("lines", 0) > 1000 for f in agent.status()["logs"]), what="log tailed")
@@ -203,8 +203,10 @@ def test_collector_outage_spool_holds_bundles_memory_flat_all_arrive(tmp_path: P
     assert status["spool"]["depth"] == 10
     backlog = status["spool"]["bytes"] - spooled_before
     growth = _rss(agent.proc.pid) - rss_before
-    assert backlog > 8 * 1024 * 1024
-    assert growth < backlog / 3, f"agent RSS grew {growth} bytes while the backlog grew {backlog} bytes"
+    assert backlog > 16 * 1024 * 1024
+    # A spool that held bundles in memory would grow RSS by about the backlog; a few MB of
+    # heap noise from eight snapshots is expected and stays well under half of it.
+    assert growth < backlog / 2, f"agent RSS grew {growth} bytes while the backlog grew {backlog} bytes"
 
     collector.start()
     wait_for(
