@@ -42,6 +42,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+import dataclasses
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
@@ -306,6 +307,17 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _plain(cls: type[T]) -> Callable[[sqlite3.Row], T]:
+    """A row mapper for a record whose fields are its table's columns, named alike."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+    def build(row: sqlite3.Row) -> T:
+        columns = row.keys()
+        return cls(**{name: row[name] for name in names if name in columns})
+
+    return build
+
+
 def _agent(row: sqlite3.Row) -> AgentRecord:
     return AgentRecord(
         host_id=row["host_id"],
@@ -356,68 +368,11 @@ def _escalation(row: sqlite3.Row) -> EscalationRecord:
     )
 
 
-def _alert(row: sqlite3.Row) -> AlertRecord:
-    return AlertRecord(
-        incident_id=row["incident_id"],
-        fingerprint=row["fingerprint"],
-        alertname=row["alertname"],
-        status=row["status"],
-        first_seen_ms=row["first_seen_ms"],
-        last_seen_ms=row["last_seen_ms"],
-    )
-
-
-def _token(row: sqlite3.Row) -> TokenRecord:
-    return TokenRecord(
-        token_id=row["token_id"],
-        name=row["name"],
-        role=row["role"],
-        token_sha256=row["token_sha256"],
-        created_at_ms=row["created_at_ms"],
-        revoked_at_ms=row["revoked_at_ms"],
-        last_used_at_ms=row["last_used_at_ms"],
-    )
-
-
-def _audit(row: sqlite3.Row) -> AuditRecord:
-    return AuditRecord(
-        seq=row["seq"],
-        at_ms=row["at_ms"],
-        token_id=row["token_id"],
-        token_name=row["token_name"],
-        role=row["role"],
-        action=row["action"],
-        target=row["target"],
-        peer=row["peer"],
-        outcome=row["outcome"],
-        detail=row["detail"],
-    )
-
-
-def _request(row: sqlite3.Row) -> HostRequestRecord:
-    return HostRequestRecord(
-        request_id=row["request_id"],
-        incident_id=row["incident_id"],
-        host_id=row["host_id"],
-        state=row["state"],
-        reason=row["reason"],
-        bundle_id=row["bundle_id"],
-        created_at_ms=row["created_at_ms"],
-        updated_at_ms=row["updated_at_ms"],
-        expires_at_ms=row["expires_at_ms"],
-        sent_at_ms=row["sent_at_ms"],
-    )
-
-
-def _event(row: sqlite3.Row) -> TimelineEventRecord:
-    return TimelineEventRecord(
-        incident_id=row["incident_id"],
-        at_ms=row["at_ms"],
-        kind=row["kind"],
-        message=row["message"],
-        host_id=row["host_id"],
-        actor=row["actor"],
-    )
+_alert = _plain(AlertRecord)
+_token = _plain(TokenRecord)
+_audit = _plain(AuditRecord)
+_request = _plain(HostRequestRecord)
+_event = _plain(TimelineEventRecord)
 
 
 def _bundle(row: sqlite3.Row) -> BundleRecord:
