@@ -169,10 +169,8 @@ def cmd_collect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from hostdiag.agent.api import ApiError
     from hostdiag.agent.bundle import BundleWriteError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"agentctl: {exc}", file=err)
+    config = _load(args, err)
+    if config is None:
         return EXIT_USAGE
     socket_path = args.socket or config.socket_path
     progress = _Progress(err, enabled=err.isatty() and not args.json)
@@ -234,11 +232,18 @@ def cmd_collect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _load(args: argparse.Namespace, err: TextIO) -> AgentConfig | None:
+    """The agent config named by ``--config`` (None, after saying why, when it is bad)."""
     try:
-        config = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
         print(f"agentctl: {exc}", file=err)
+        return None
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args, err)
+    if config is None:
         return EXIT_USAGE
     socket_path = args.socket or config.socket_path
     try:
@@ -288,10 +293,8 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"agentctl: {exc}", file=err)
+    config = _load(args, err)
+    if config is None:
         return EXIT_USAGE
     socket_path = args.socket or config.socket_path
     try:
