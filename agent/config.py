@@ -7,7 +7,6 @@ checks each error.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket as _socket
@@ -16,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from hostdiag.agent.configfile import ConfigError, load_dataclass, read_toml
+from hostdiag.agent.configfile import ConfigError, is_loopback_host, load_dataclass, read_toml, split_host_port
 from hostdiag.agent.probes import ProbeSection
 
 __all__ = [
@@ -163,29 +162,6 @@ class RedactionSection:
     disable: tuple[str, ...] = field(default=(), metadata={"doc": "built-in rule names to turn off"})
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); raises ``ValueError`` with the reason."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"write an IPv6 address in brackets, as [::1]:port, got {address!r}")
-    port = int(port_text)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"expected host:port with a port from 1 to 65535, got {address!r}")
-    return host, port
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -27,7 +28,15 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "load_dataclass", "read_toml", "parse_size", "reference_rows"]
+__all__ = [
+    "ConfigError",
+    "load_dataclass",
+    "read_toml",
+    "parse_size",
+    "reference_rows",
+    "split_host_port",
+    "is_loopback_host",
+]
 
 T = TypeVar("T")
 
@@ -276,3 +285,35 @@ def _render_default(value: Any, size: bool) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e15 else str(value)
     return str(value)
+
+
+def split_host_port(value: str, *, min_port: int = 1) -> tuple[str, int]:
+    """``"127.0.0.1:7443"`` / ``"[::1]:7443"`` / ``"localhost:7443"`` -> (host, port).
+
+    Listeners pass ``min_port=0`` (any free port).  Raises ``ValueError`` with a
+    readable message.
+    """
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or not value[end + 1 :].startswith(":"):
+            raise ValueError(f"expected [ADDRESS]:PORT, got {value!r}")
+        host, port_text = value[1:end], value[end + 2 :]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        if ":" in host:
+            raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:7443, got {value!r}")
+    if not host or not port_text.isdigit() or not min_port <= int(port_text) <= 65535:
+        raise ValueError(f"port must be a number from {min_port} to 65535, got {port_text!r} in {value!r}")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -22,6 +22,12 @@ import sys
 import time
 from typing import Any
 
+# The agent forks only to exec helpers (journalctl, systemctl). gRPC's fork
+# handlers, on by default in recent grpcio, can stall a channel that is being set
+# up at that moment ("skipping fork() handlers"); gRPC's own docs say to turn them
+# off when every fork is followed by exec. This must precede the first grpc import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import hostdiag
 from hostdiag.agent import memory
 from hostdiag.agent.api import LocalApiServer

@@ -179,7 +179,7 @@ def parse_target(kind: str, target: str) -> Target:
             raise ValueError(("target", f"a tcp target is host:port, not a URL, got {shown!r}"))
         if "@" in target:
             raise ValueError(("target", f"a tcp target is host:port, without a user name or password, got {shown!r}"))
-        from hostdiag.agent.config import split_host_port  # config imports this module
+        from hostdiag.agent.configfile import split_host_port
 
         try:
             host, port = split_host_port(target)

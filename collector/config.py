@@ -9,14 +9,14 @@ impossible value is a :class:`ConfigError` naming the file and the key.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from hostdiag.agent.configfile import ConfigError, load_dataclass, read_toml
+from hostdiag.agent.configfile import ConfigError, is_loopback_host, load_dataclass, read_toml
+from hostdiag.agent.configfile import split_host_port as _split_host_port
 
 __all__ = [
     "CollectorConfig",
@@ -37,35 +37,10 @@ MiB = 1024 * 1024
 MAX_CHUNK_BYTES = 1 * MiB
 
 
+
 def split_host_port(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:7443"`` / ``"[::1]:0"`` / ``"localhost:7443"`` → (host, port).
-
-    Raises ``ValueError`` with a readable message.
-    """
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0 or not value[end + 1 :].startswith(":"):
-            raise ValueError(f"expected [ADDRESS]:PORT, got {value!r}")
-        host, port_text = value[1:end], value[end + 2 :]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"expected HOST:PORT, got {value!r}")
-        if ":" in host:
-            raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:7443, got {value!r}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
-    return host, int(port_text)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """A listener's ``host:port`` (port 0: any free port); see :func:`configfile.split_host_port`."""
+    return _split_host_port(value, min_port=0)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def test_no_probes_and_nothing_expected_by_default(tmp_path: Path) -> None:
         (probe_toml(target=""), "probes[0].target", "must not be empty"),
         (probe_toml(target="ws://127.0.0.1/feed"), "probes[0].target", "a http target is a http:// or https:// URL"),
         (probe_toml(kind="websocket", target="http://h/feed"), "probes[0].target", "ws:// or wss:// URL"),
-        (probe_toml(kind="tcp", target="db:99999"), "probes[0].target", "port from 1 to 65535"),
+        (probe_toml(kind="tcp", target="db:99999"), "probes[0].target", "from 1 to 65535"),
         (probe_toml(kind="tcp", target="http://db:5432"), "probes[0].target", "not a URL"),
         (probe_toml(target="http:///health"), "probes[0].target", "has no host"),
         (probe_toml(target="http://h:port/"), "probes[0].target", "not a valid URL"),
